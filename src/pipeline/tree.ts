@@ -1,0 +1,63 @@
+/**
+ * The flattened image: the contract between flatten, inject and ext4.
+ *
+ * Paths are normalized image paths: relative to the image root, '/'-separated, no leading
+ * slash, no '.' or '..' components, no empty components; the root itself is ''. Names are
+ * valid UTF-8 (flatten rejects others by name) and never contain NUL, '\n' or '\r'.
+ *
+ * Hard links are modelled as shared Inode objects: two entries whose `inode` is the same
+ * object are links to one file. Regular-file contents live in the staging directory at
+ * `<staging>/blobs/<ino>`, written only by this process; flatten never writes anywhere else.
+ */
+export type NodeKind = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo'
+
+export interface Inode {
+  /** Unique per tree; also the name of the content blob for regular files. */
+  readonly ino: number
+  kind: NodeKind
+  /** Permission and special bits only (0o7777: setuid, setgid, sticky, rwx). No type bits. */
+  mode: number
+  uid: number
+  gid: number
+  /** Modification time, integer seconds since the epoch. */
+  mtime: number
+  /** Size in bytes of the content (regular files) or of the link target (symlinks); 0 otherwise. */
+  size: number
+  /** Extended attributes by full name (e.g. 'security.capability', 'user.foo'). */
+  xattrs: Map<string, Buffer>
+  /** Symlink target, exactly as in the archive. */
+  linkTarget?: string
+  devMajor?: number
+  devMinor?: number
+}
+
+export interface FlatTree {
+  /** Staging directory; contents of regular files are in `${staging}/blobs/${ino}`. */
+  readonly staging: string
+  /** Every entry by normalized path, including '' for the root directory. */
+  readonly entries: Map<string, Inode>
+  /** Next free inode number (for stages that add entries, e.g. inject). */
+  nextIno: number
+}
+
+/** Path of a regular file's content in staging. */
+export function blobPath(tree: FlatTree, inode: Inode): string {
+  return `${tree.staging}/blobs/${inode.ino}`
+}
+
+/** Number of names that refer to each inode (the ext4 link count for non-directories). */
+export function linkCounts(tree: FlatTree): Map<Inode, number> {
+  const counts = new Map<Inode, number>()
+  for (const inode of tree.entries.values()) counts.set(inode, (counts.get(inode) ?? 0) + 1)
+  return counts
+}
+
+/** Parent of a normalized path ('' for top-level names). */
+export function parentOf(p: string): string {
+  const i = p.lastIndexOf('/')
+  return i < 0 ? '' : p.slice(0, i)
+}
+
+export function baseName(p: string): string {
+  return p.slice(p.lastIndexOf('/') + 1)
+}
