@@ -195,8 +195,17 @@ export function buildTar(entries: TarEntry[], opts: BuildTarOptions = {}): Buffe
  * PAX records and contents straddle chunk boundaries). `error`, if given, is emitted after the last
  * chunk, as a verifying decompressor does when the digest turns out wrong at the end.
  */
-export function tarStream(entries: TarEntry[], opts: BuildTarOptions & { chunkSize?: number; error?: Error } = {}): Readable {
-  const buf = buildTar(entries, opts)
+export function tarStream(entries: TarEntry[], opts: BuildTarOptions & ChunkOptions = {}): Readable {
+  return chunkedStream(buildTar(entries, opts), opts)
+}
+
+export interface ChunkOptions {
+  chunkSize?: number
+  error?: Error
+}
+
+/** Any bytes as a stream of `chunkSize`-byte chunks, optionally failing after the last one. */
+export function chunkedStream(buf: Buffer, opts: ChunkOptions = {}): Readable {
   const size = opts.chunkSize ?? 7
   const err = opts.error
   async function* chunks(): AsyncGenerator<Buffer> {
