@@ -38,7 +38,7 @@ const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd])
 const XZ_MAGIC = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00])
 const BZIP2_MAGIC = Buffer.from('BZh')
 /** Enough bytes to tell every format above apart. */
-const MAGIC_PEEK = 6
+export const MAGIC_PEEK = 6
 
 /**
  * Input is fed to the decompressors in slices so that one slice can only ever expand to a
@@ -343,7 +343,7 @@ async function hashFresh(blob: LayerBlob, alg: string | undefined): Promise<{ di
   return { digest: `${alg ?? 'sha256'}:${h.digest('hex')}`, bytes }
 }
 
-function detectCompression(head: Buffer, name: string): Exclude<LayerCompression, 'detect'> {
+export function detectCompression(head: Buffer, name: string): Exclude<LayerCompression, 'detect'> {
   const starts = (magic: Buffer): boolean => head.length >= magic.length && head.subarray(0, magic.length).equals(magic)
   if (starts(GZIP_MAGIC)) return 'gzip'
   if (starts(ZSTD_MAGIC)) return 'zstd'
