@@ -314,12 +314,15 @@ export async function readTar(source: AsyncIterable<unknown>, label: string, onE
     else if (longLink !== undefined) linkname = longLink
     pax = longName = longLink = undefined
 
+    // A PAX record, when present and not empty, overrides the header field (null: malformed).
+    const either = (fromPax: number | undefined | null, fromHeader: number | undefined): number | undefined | null =>
+      fromPax === undefined ? fromHeader : fromPax
     const fields = {
       mode: parseNumber(block, 100, 8),
-      uid: paxNumber(ext, 'uid', /^[0-9]+$/) ?? parseNumber(block, 108, 8),
-      gid: paxNumber(ext, 'gid', /^[0-9]+$/) ?? parseNumber(block, 116, 8),
-      size: paxNumber(ext, 'size', /^[0-9]+$/) ?? size,
-      mtime: paxNumber(ext, 'mtime', /^-?[0-9]+(\.[0-9]*)?$/) ?? parseNumber(block, 136, 12),
+      uid: either(paxNumber(ext, 'uid', /^[0-9]+$/), parseNumber(block, 108, 8)),
+      gid: either(paxNumber(ext, 'gid', /^[0-9]+$/), parseNumber(block, 116, 8)),
+      size: either(paxNumber(ext, 'size', /^[0-9]+$/), size),
+      mtime: either(paxNumber(ext, 'mtime', /^-?[0-9]+(\.[0-9]*)?$/), parseNumber(block, 136, 12)),
       devmajor: parseNumber(block, 329, 8),
       devminor: parseNumber(block, 337, 8),
     }
