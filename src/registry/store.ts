@@ -1,0 +1,330 @@
+import { createHash, type Hash } from 'node:crypto'
+import { createReadStream, promises as fs } from 'node:fs'
+import path from 'node:path'
+import type { Readable } from 'node:stream'
+import lockfile from 'proper-lockfile'
+import { removeQuietly, tempPathFor, writeFileAtomic } from '../lib/atomic.js'
+import { registerCleanup } from '../lib/cleanup.js'
+import { BaleError } from '../lib/errors.js'
+import { type Descriptor, DescriptorSchema } from './manifest.js'
+import { SHA256_DIGEST } from './reference.js'
+
+/**
+ * The content-addressed store: an OCI image layout (`oci-layout`, `index.json`,
+ * `blobs/sha256/<hex>`), so the cache is itself a valid `--oci-layout DIR:REF` source and
+ * readable by skopeo/umoci. A blob appears under blobs/ only after its bytes hashed to its name
+ * and matched its size (ggcr layout/write.go: temp name, verify, rename; "already there with the
+ * right size" means done).
+ *
+ * Downloads in progress live in `ingest/`, outside the layout proper: `ingest/<hex>.partial`
+ * holds the bytes received so far, under a name derived from the digest so that a rerun after an
+ * interruption finds it and resumes with Range. Those partial files are deliberately *not*
+ * registered for removal on SIGINT (resuming them is the point); everything else written here
+ * goes through a temp name that is.
+ */
+export const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name'
+const INDEX_MEDIA_TYPE = 'application/vnd.oci.image.index.v1+json'
+/** Writes are gathered into 1 MiB before hitting the disk: fewer syscalls than undici's 64 KiB chunks. */
+const WRITE_BATCH = 1024 * 1024
+/**
+ * A lock whose holder died (SIGKILL, power loss) is taken over after 10 s: proper-lockfile's
+ * default, refreshed every 5 s by a live holder, so a busy machine does not mistake it for dead.
+ */
+const LOCK_STALE_MS = 10_000
+/** How long to wait for another bale process that is downloading the same blob: up to ~30 min. */
+const LOCK_RETRIES = { retries: 2000, factor: 1.2, minTimeout: 100, maxTimeout: 1000 }
+
+export function hexOf(digest: string): string {
+  if (!SHA256_DIGEST.test(digest)) throw new BaleError('E_INPUT', `not a sha256 digest: '${digest}'`, { subject: digest })
+  return digest.slice('sha256:'.length)
+}
+
+export class OciStore {
+  constructor(readonly dir: string) {}
+
+  blobPath(digest: string): string {
+    return path.join(this.dir, 'blobs', 'sha256', hexOf(digest))
+  }
+
+  private get ingestDir(): string {
+    return path.join(this.dir, 'ingest')
+  }
+
+  /** Whether the store exists at all (offline mode never creates it). */
+  async exists(): Promise<boolean> {
+    return fs
+      .stat(path.join(this.dir, 'oci-layout'))
+      .then(() => true)
+      .catch(() => false)
+  }
+
+  /** Create the layout skeleton if missing. */
+  async init(): Promise<void> {
+    await fs.mkdir(path.join(this.dir, 'blobs', 'sha256'), { recursive: true })
+    await fs.mkdir(this.ingestDir, { recursive: true })
+    const marker = path.join(this.dir, 'oci-layout')
+    if (!(await fs.stat(marker).catch(() => undefined))) {
+      await writeFileAtomic(marker, JSON.stringify({ imageLayoutVersion: '1.0.0' }))
+    }
+    const index = path.join(this.dir, 'index.json')
+    if (!(await fs.stat(index).catch(() => undefined))) {
+      await this.withIndexLock(async () => {
+        if (!(await fs.stat(index).catch(() => undefined))) await writeFileAtomic(index, serializeIndex([]))
+      })
+    }
+  }
+
+  /** Present with the right size. Contents were verified before the rename that put them there. */
+  async hasBlob(digest: string, size: number): Promise<boolean> {
+    const st = await fs.stat(this.blobPath(digest)).catch(() => undefined)
+    return st !== undefined && st.isFile() && st.size === size
+  }
+
+  /**
+   * Read a small blob (manifest, config) and verify it again: these decide what everything
+   * else is, and re-hashing a few KiB is free. A blob that fails is removed (so an online pull
+   * fetches it afresh) and reported. Returns undefined when absent.
+   */
+  async readSmallBlob(digest: string, cap: number, what: string): Promise<Buffer | undefined> {
+    const p = this.blobPath(digest)
+    const st = await fs.stat(p).catch(() => undefined)
+    if (st === undefined) return undefined
+    if (st.size > cap) throw new BaleError('E_INPUT', `${what}: ${st.size} bytes exceeds the ${cap}-byte limit`, { subject: digest })
+    const bytes = await fs.readFile(p)
+    const got = `sha256:${createHash('sha256').update(bytes).digest('hex')}`
+    if (got !== digest) {
+      await removeQuietly(p)
+      throw new BaleError('E_DIGEST', `${p}: expected ${digest} got ${got} (removed from the store)`, { subject: digest })
+    }
+    return bytes
+  }
+
+  /** Store bytes already verified by the caller, atomically. */
+  async putSmallBlob(digest: string, bytes: Buffer): Promise<void> {
+    const got = `sha256:${createHash('sha256').update(bytes).digest('hex')}`
+    if (got !== digest) throw new BaleError('E_DIGEST', `blob ${digest}: expected ${digest} got ${got}`, { subject: digest })
+    const dest = this.blobPath(digest)
+    const tmp = tempPathFor(path.join(this.ingestDir, hexOf(digest)))
+    const unregister = registerCleanup(tmp)
+    try {
+      await fs.writeFile(tmp, bytes, { mode: 0o644 })
+      await fs.rename(tmp, dest)
+    } catch (e) {
+      await removeQuietly(tmp)
+      throw e
+    } finally {
+      unregister()
+    }
+  }
+
+  /**
+   * Take the per-digest download lock and open the partial file, re-hashing what an earlier
+   * run left there. Returns undefined when the blob is (now) in the store, e.g. because another
+   * process finished it while we waited for the lock.
+   */
+  async openPartial(desc: Descriptor): Promise<PartialBlob | undefined> {
+    await fs.mkdir(this.ingestDir, { recursive: true })
+    const partialPath = path.join(this.ingestDir, `${hexOf(desc.digest)}.partial`)
+    let release: () => Promise<void>
+    try {
+      release = await lockfile.lock(partialPath, {
+        realpath: false,
+        stale: LOCK_STALE_MS,
+        retries: LOCK_RETRIES,
+        // A lost lock means another process may be writing the same partial file; our digest
+        // check still catches any mix-up, so log-free continuation is safe.
+        onCompromised: () => undefined,
+      })
+    } catch (e) {
+      throw new BaleError('E_STATE', `${partialPath}: could not lock (${(e as Error).message})`, { subject: partialPath, cause: e })
+    }
+    try {
+      if (await this.hasBlob(desc.digest, desc.size)) {
+        await release()
+        return undefined
+      }
+      const partial = new PartialBlob(desc, partialPath, this.blobPath(desc.digest), release)
+      await partial.load()
+      return partial
+    } catch (e) {
+      await release().catch(() => undefined)
+      throw e
+    }
+  }
+
+  private async withIndexLock<T>(fn: () => Promise<T>): Promise<T> {
+    await fs.mkdir(this.ingestDir, { recursive: true })
+    const release = await lockfile.lock(path.join(this.dir, 'index.json'), {
+      realpath: false,
+      lockfilePath: path.join(this.ingestDir, 'index.json.lock'),
+      stale: LOCK_STALE_MS,
+      retries: LOCK_RETRIES,
+      onCompromised: () => undefined,
+    })
+    try {
+      return await fn()
+    } finally {
+      await release().catch(() => undefined)
+    }
+  }
+
+  /** index.json's descriptors, [] when the store has none. */
+  async readIndex(): Promise<Descriptor[]> {
+    const p = path.join(this.dir, 'index.json')
+    let text: string
+    try {
+      text = await fs.readFile(p, 'utf8')
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return []
+      throw e
+    }
+    let doc: unknown
+    try {
+      doc = JSON.parse(text)
+    } catch {
+      throw new BaleError('E_INPUT', `${p}: not valid JSON`, { subject: p })
+    }
+    const manifests = typeof doc === 'object' && doc !== null ? (doc as { manifests?: unknown }).manifests : undefined
+    if (!Array.isArray(manifests)) throw new BaleError('E_INPUT', `${p}: no 'manifests' array`, { subject: p })
+    return manifests.map((m, i) => {
+      const r = DescriptorSchema.safeParse(m)
+      if (!r.success) throw new BaleError('E_INPUT', `${p}: manifests[${i}] is not a valid descriptor`, { subject: p })
+      return r.data
+    })
+  }
+
+  /** The descriptor index.json records for `name` (a canonical reference). */
+  async lookupRef(name: string): Promise<Descriptor | undefined> {
+    return (await this.readIndex()).find((d) => d.annotations?.[REF_NAME_ANNOTATION] === name)
+  }
+
+  /** Point `name` at `desc` in index.json (replacing an older entry of that name), atomically and under a lock. */
+  async tagRef(name: string, desc: Descriptor): Promise<void> {
+    const existing = await this.lookupRef(name)
+    if (existing !== undefined && existing.digest === desc.digest && existing.mediaType === desc.mediaType && existing.size === desc.size) return
+    await this.withIndexLock(async () => {
+      const entries = await this.readIndex()
+      const entry: Descriptor = { mediaType: desc.mediaType, digest: desc.digest, size: desc.size, annotations: { [REF_NAME_ANNOTATION]: name } }
+      const at = entries.findIndex((d) => d.annotations?.[REF_NAME_ANNOTATION] === name)
+      if (at >= 0) entries[at] = entry
+      else entries.push(entry)
+      await writeFileAtomic(path.join(this.dir, 'index.json'), serializeIndex(entries))
+    })
+  }
+}
+
+function serializeIndex(manifests: Descriptor[]): string {
+  return `${JSON.stringify({ schemaVersion: 2, mediaType: INDEX_MEDIA_TYPE, manifests }, null, 2)}\n`
+}
+
+/**
+ * A blob being downloaded: the bytes on disk so far and the SHA-256 state over exactly those
+ * bytes (the hash is updated only after a write succeeds, so the two never disagree, whatever
+ * fails in between).
+ */
+export class PartialBlob {
+  private hash: Hash = createHash('sha256')
+  private bytes = 0
+
+  constructor(
+    readonly desc: Descriptor,
+    readonly path: string,
+    private readonly dest: string,
+    private readonly releaseLock: () => Promise<void>,
+  ) {}
+
+  /** Bytes already on disk; the next request asks for `Range: bytes=<offset>-`. */
+  get offset(): number {
+    return this.bytes
+  }
+
+  /** Re-hash what an earlier run left behind. A partial longer than the blob is discarded. */
+  async load(): Promise<void> {
+    const st = await fs.stat(this.path).catch(() => undefined)
+    if (st === undefined || st.size === 0 || st.size > this.desc.size) {
+      await this.restart()
+      return
+    }
+    const hash = createHash('sha256')
+    let n = 0
+    for await (const chunk of createReadStream(this.path)) {
+      hash.update(chunk as Buffer)
+      n += (chunk as Buffer).length
+    }
+    this.hash = hash
+    this.bytes = n
+  }
+
+  async restart(): Promise<void> {
+    await fs.writeFile(this.path, Buffer.alloc(0))
+    this.hash = createHash('sha256')
+    this.bytes = 0
+  }
+
+  /**
+   * Append a response body. Bytes beyond the descriptor's size fail at once (a registry must
+   * not make us store more than the manifest promised). On a connection error, what arrived
+   * intact is written before the error propagates, so the next try resumes after it.
+   */
+  async append(body: Readable, onBytes: (total: number) => void): Promise<void> {
+    const fh = await fs.open(this.path, 'a')
+    let pending: Buffer[] = []
+    let pendingBytes = 0
+    const flush = async (): Promise<void> => {
+      if (pendingBytes === 0) return
+      const buf = pending.length === 1 ? (pending[0] as Buffer) : Buffer.concat(pending, pendingBytes)
+      pending = []
+      pendingBytes = 0
+      await fh.write(buf, 0, buf.length)
+      this.hash.update(buf)
+      this.bytes += buf.length
+      onBytes(this.bytes)
+    }
+    try {
+      for await (const chunk of body) {
+        const b = chunk as Buffer
+        if (this.bytes + pendingBytes + b.length > this.desc.size) {
+          body.destroy()
+          await this.discard()
+          throw new BaleError('E_DIGEST', `blob ${this.desc.digest}: registry sent more than the ${this.desc.size} bytes its descriptor says; removed`, {
+            subject: this.desc.digest,
+          })
+        }
+        pending.push(b)
+        pendingBytes += b.length
+        if (pendingBytes >= WRITE_BATCH) await flush()
+      }
+      await flush()
+    } catch (e) {
+      if (!(e instanceof BaleError)) await flush().catch(() => undefined)
+      throw e
+    } finally {
+      await fh.close().catch(() => undefined)
+    }
+  }
+
+  /**
+   * Verify size and digest over the whole blob and rename it into blobs/. A mismatch removes
+   * the partial file (its bytes are wrong somewhere; resuming it would only repeat the failure).
+   */
+  async commit(): Promise<void> {
+    const got = `sha256:${this.hash.digest('hex')}`
+    if (this.bytes !== this.desc.size || got !== this.desc.digest) {
+      await this.discard()
+      const why = this.bytes !== this.desc.size ? `${this.desc.size} bytes, got ${this.bytes}` : `${this.desc.digest} got ${got}`
+      throw new BaleError('E_DIGEST', `blob ${this.desc.digest}: expected ${why}; removed`, { subject: this.desc.digest })
+    }
+    await fs.chmod(this.path, 0o644)
+    await fs.rename(this.path, this.dest)
+  }
+
+  async discard(): Promise<void> {
+    await removeQuietly(this.path)
+    this.hash = createHash('sha256')
+    this.bytes = 0
+  }
+
+  async release(): Promise<void> {
+    await this.releaseLock().catch(() => undefined)
+  }
+}
