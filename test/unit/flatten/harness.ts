@@ -2,7 +2,7 @@
  * Shared by the flatten unit tests and test/traps: run layers through the real flatten stage in
  * a fresh staging directory and describe the resulting tree in a form tests can compare exactly.
  */
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { lstat, mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { expect } from 'vitest'
@@ -36,8 +36,8 @@ export function label(i: number): string {
  * the staging invariant: staging holds only `blobs/`, and `blobs/` holds exactly one blob per
  * live regular-file inode, of the inode's size.
  */
-export async function flatten(layers: Array<TarEntry[] | Buffer>, opts: BuildTarOptions = {}): Promise<FlatTree> {
-  const staging = await newStaging()
+export async function flatten(layers: Array<TarEntry[] | Buffer>, opts: BuildTarOptions = {}, staging?: string): Promise<FlatTree> {
+  staging ??= await newStaging()
   const tree = await createTree(staging)
   for (const [i, layer] of layers.entries()) {
     const src = Buffer.isBuffer(layer) ? chunkedStream(layer) : tarStream(layer, opts)
@@ -45,6 +45,32 @@ export async function flatten(layers: Array<TarEntry[] | Buffer>, opts: BuildTar
     await expectStagingMatches(tree)
   }
   return tree
+}
+
+/**
+ * Everything under staging, recursively, as `relative/path kind mode` lines (kind from lstat,
+ * so a symlink shows as one), to prove nothing but blobs was ever written there.
+ */
+export async function listStaging(staging: string): Promise<string[]> {
+  const out: string[] = []
+  async function walk(rel: string): Promise<void> {
+    for (const name of (await readdir(path.join(staging, rel))).sort()) {
+      const r = rel === '' ? name : `${rel}/${name}`
+      const st = await lstat(path.join(staging, r))
+      const kind = st.isDirectory() ? 'dir' : st.isFile() ? 'file' : st.isSymbolicLink() ? 'symlink' : 'other'
+      out.push(`${r} ${kind} ${(st.mode & 0o7777).toString(8).padStart(4, '0')}`)
+      if (st.isDirectory()) await walk(r)
+    }
+  }
+  await walk('')
+  return out
+}
+
+/** Staging holds `blobs` (0700) and, inside it, only 0600 regular files named by inode number. */
+export async function expectOnlyBlobs(staging: string): Promise<void> {
+  const lines = await listStaging(staging)
+  expect(lines[0]).toBe('blobs dir 0700')
+  for (const l of lines.slice(1)) expect(l).toMatch(/^blobs\/\d+ file 0600$/)
 }
 
 export async function expectStagingMatches(tree: FlatTree): Promise<void> {
@@ -88,11 +114,14 @@ export async function expectFlattenError(
   ...mustContain: string[]
 ): Promise<string> {
   let err: unknown
+  const staging = await newStaging()
   try {
-    await flatten(layers)
+    await flatten(layers, {}, staging)
   } catch (e) {
     err = e
   }
+  // Whatever the layers held, a failed flatten wrote nothing but blobs either.
+  await expectOnlyBlobs(staging)
   expect(isBaleError(err), `expected a BaleError, got ${String(err)}`).toBe(true)
   if (!isBaleError(err)) throw new Error('unreachable')
   expect(err.code).toBe(code)
