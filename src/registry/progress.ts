@@ -34,6 +34,8 @@ function line(e: PullEvent): string | undefined {
     case 'blob-done':
       if (e.cached) return `${e.role} ${shortDigest(e.digest)}: cached`
       return `${e.role} ${shortDigest(e.digest)}: ${formatBytes(e.size)} downloaded${e.resumedFrom > 0 ? ` (resumed at ${formatBytes(e.resumedFrom)})` : ''}`
+    case 'waiting':
+      return `${e.role} ${shortDigest(e.digest)}: waiting for ${e.lock} (another bale is downloading it, or one was killed: taken over within 10 s)`
     case 'retry':
       return `retry: ${e.what}: ${e.reason}; try ${e.attempt + 1} in ${(e.delayMs / 1000).toFixed(1)} s`
     default:

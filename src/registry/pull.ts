@@ -66,6 +66,8 @@ export type PullEvent =
   | { type: 'blob-progress'; role: BlobRole; digest: string; bytes: number; size: number }
   | { type: 'blob-done'; role: BlobRole; digest: string; size: number; cached: boolean; resumedFrom: number }
   | ({ type: 'retry' } & RetryEvent)
+  /** Another process holds the blob's download lock (or a killed one did, until it goes stale). */
+  | { type: 'waiting'; role: BlobRole; digest: string; lock: string }
 
 export interface PullResult {
   /** Canonical reference, e.g. `docker.io/library/debian:bookworm`: its name in the store's index.json. */
@@ -313,7 +315,7 @@ class PullSession {
    */
   private async download(desc: Descriptor, role: BlobRole): Promise<void> {
     const client = await this.client()
-    const partial = await this.store.openPartial(desc)
+    const partial = await this.store.openPartial(desc, (lock) => this.emit({ type: 'waiting', role, digest: desc.digest, lock }))
     if (partial === undefined) {
       // Another bale process stored it while we waited for its lock.
       this.emit({ type: 'blob-done', role, digest: desc.digest, size: desc.size, cached: true, resumedFrom: 0 })
@@ -328,8 +330,10 @@ class PullSession {
         // (A partial already as long as the blob is an earlier run's finished download: just verify it.)
         for (let tries = 1; partial.offset < desc.size; tries++) {
           const before = partial.offset
+          // Opening is retried inside the client (statuses, refused handshakes); what fails
+          // here after the response began is the body, and that is what this loop resumes.
+          const { res, start } = await client.openBlob(desc.digest, partial.offset)
           try {
-            const { res, start } = await client.openBlob(desc.digest, partial.offset)
             if (start === 0 && partial.offset > 0) await partial.restart() // the registry ignored Range
             await partial.append(res.body, (bytes) => this.emit({ type: 'blob-progress', role, digest: desc.digest, bytes, size: desc.size }))
             if (partial.offset < desc.size) {

@@ -49,7 +49,8 @@ export function parseRetryAfter(value: string | undefined, now: number = Date.no
   if (value === undefined) return undefined
   const v = value.trim()
   if (/^\d+$/.test(v)) return Number(v) * 1000
-  const when = Date.parse(v)
+  // An HTTP-date always names its day and month; without letters Date.parse would take '-1' as a year.
+  const when = /[A-Za-z]/.test(v) ? Date.parse(v) : Number.NaN
   if (Number.isNaN(when)) return undefined
   return Math.max(0, when - now)
 }

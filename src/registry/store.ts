@@ -122,18 +122,23 @@ export class OciStore {
    * run left there. Returns undefined when the blob is (now) in the store, e.g. because another
    * process finished it while we waited for the lock.
    */
-  async openPartial(desc: Descriptor): Promise<PartialBlob | undefined> {
+  async openPartial(desc: Descriptor, onWait?: (lockPath: string) => void): Promise<PartialBlob | undefined> {
     await fs.mkdir(this.ingestDir, { recursive: true })
     const partialPath = path.join(this.ingestDir, `${hexOf(desc.digest)}.partial`)
+    const lockOpts = {
+      realpath: false,
+      stale: LOCK_STALE_MS,
+      // A lost lock means another process may be writing the same partial file; the digest
+      // check at commit still catches any mix-up, so carrying on is safe.
+      onCompromised: () => undefined,
+    }
     let release: () => Promise<void>
     try {
-      release = await lockfile.lock(partialPath, {
-        realpath: false,
-        stale: LOCK_STALE_MS,
-        retries: LOCK_RETRIES,
-        // A lost lock means another process may be writing the same partial file; our digest
-        // check still catches any mix-up, so log-free continuation is safe.
-        onCompromised: () => undefined,
+      release = await lockfile.lock(partialPath, lockOpts).catch(async (e: unknown) => {
+        if ((e as NodeJS.ErrnoException).code !== 'ELOCKED') throw e
+        // Held by another bale, or by one that was killed (taken over once stale): say why we pause.
+        onWait?.(`${partialPath}.lock`)
+        return lockfile.lock(partialPath, { ...lockOpts, retries: LOCK_RETRIES })
       })
     } catch (e) {
       throw new BaleError('E_STATE', `${partialPath}: could not lock (${(e as Error).message})`, { subject: partialPath, cause: e })
@@ -310,8 +315,8 @@ export class PartialBlob {
   async commit(): Promise<void> {
     const got = `sha256:${this.hash.digest('hex')}`
     if (this.bytes !== this.desc.size || got !== this.desc.digest) {
-      await this.discard()
       const why = this.bytes !== this.desc.size ? `${this.desc.size} bytes, got ${this.bytes}` : `${this.desc.digest} got ${got}`
+      await this.discard()
       throw new BaleError('E_DIGEST', `blob ${this.desc.digest}: expected ${why}; removed`, { subject: this.desc.digest })
     }
     await fs.chmod(this.path, 0o644)

@@ -9,7 +9,12 @@ import type { Socket } from 'node:net'
 
 export type Fault =
   | { kind: 'status'; status: number; retryAfter?: string }
-  | { kind: 'reset'; afterBytes: number }
+  /**
+   * Send `afterBytes` of the body, then reset the connection (RST). The reset waits `delayMs`
+   * (default 200) so that the client has read what was sent: an RST makes the receiving kernel
+   * drop unread data, and the tests want a known amount to have arrived.
+   */
+  | { kind: 'reset'; afterBytes: number; delayMs?: number }
   | { kind: 'corrupt'; atByte: number }
   | { kind: 'stall'; afterBytes: number }
   | { kind: 'redirect'; to: string; status?: number }
@@ -111,7 +116,7 @@ export async function startFaultProxy(upstream: string, opts: { upstreamAuthoriz
               if (fault.kind === 'reset') {
                 upRes.destroy()
                 // An RST, not a clean FIN: what a dropped connection looks like to the client.
-                res.socket?.resetAndDestroy()
+                setTimeout(() => res.socket?.resetAndDestroy(), fault.delayMs ?? 200)
               }
               // 'stall': keep the connection open and send nothing more.
             })
