@@ -1,0 +1,222 @@
+import { createHash } from 'node:crypto'
+import { createReadStream, promises as fs } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { compress } from '@mongodb-js/zstd'
+import ssri from 'ssri'
+import * as tarStream from 'tar-stream'
+import { commitTemp, removeQuietly, tempPathFor } from '../../lib/atomic.js'
+import { registerCleanup } from '../../lib/cleanup.js'
+import { BaleError, fromSystemError, isBaleError } from '../../lib/errors.js'
+import { type BundleManifest, MANIFEST_FILE, parseManifest, ROOTFS_FILE, serializeManifest } from './manifest.js'
+
+/**
+ * Default zstd level for bundles, chosen by bench/zstd-level.ts (run it to re-measure). On a
+ * 400 MB ext4 image of real binaries and text, with this writer (8 MiB frames, 2 in flight, the
+ * 2-core build machine), 2026-11-23:
+ *   level  1:  1.3 s, 35.6%    level 3:  1.9 s, 33.9%    level 6: 4.3 s, 32.7%
+ *   level 10:  7.2 s, 31.8%    level 19: ~110 s (extrapolated from 64 MB), 28.6%
+ * DESIGN.md's zstd -T2 figures on a Debian image agree in shape (3: 0.67 s 78 MB; 10: 3.5 s
+ * 73 MB; 19: 60 s 67 MB). Level 3 costs about a quarter of level 10's time for ~6% more bytes,
+ * and the bundle is built far more often than the few percent would matter on a download;
+ * levels above 10 cost minutes for single-digit gains. `--level 19` remains for publishing.
+ */
+export const DEFAULT_ZSTD_LEVEL = 3
+
+/**
+ * The tar stream is cut into frames of this many uncompressed bytes, each an independent zstd
+ * frame. 8 MiB: well above zstd's window at the levels we use (level 3: 2 MiB … level 10:
+ * 8 MiB), so cutting costs under 1% of ratio in the benchmark above; small enough that a few
+ * frames in flight (input + output each) stay in tens of MiB whatever the rootfs size; and many
+ * frames per rootfs, so that parallel compression and decompression have work to share.
+ */
+export const FRAME_SIZE = 8 * 1024 * 1024
+
+/** zstd's range: 1 (fastest) … 22 (ultra; 20+ need much memory). */
+const MIN_LEVEL = 1
+const MAX_LEVEL = 22
+
+/**
+ * Frames compressed at once. The native compressor runs on the libuv pool (4 threads unless
+ * UV_THREADPOOL_SIZE says otherwise), which also serves our file reads and writes: keeping one
+ * thread free for I/O avoids starving the reader. At most one per core, and at least 1.
+ */
+export function defaultConcurrency(): number {
+  return Math.max(1, Math.min(3, os.availableParallelism()))
+}
+
+/** Reads of the rootfs: large, to make few round trips to the libuv pool (see above). */
+const READ_CHUNK = 1024 * 1024
+
+export interface WriteBundleOptions {
+  manifest: BundleManifest
+  rootfsPath: string
+  out: string
+  level: number
+  concurrency?: number
+}
+
+export interface WriteBundleResult {
+  path: string
+  /** Lowercase hex SHA-256 of the bundle file (as `sha256sum` prints it). */
+  sha256: string
+  size: number
+  /**
+   * ssri integrity of the bundle file: `sha512-<base64>`. sha512 because it is ssri's (and
+   * npm's) default and strongest algorithm, so `ssri.checkData`/`checkStream` and npm tooling
+   * verify it as is; the sha256 above is for people and `sha256sum`.
+   */
+  integrity: string
+}
+
+/**
+ * Write `manifest.json` + `rootfs.ext4` as a tar compressed into independent zstd frames.
+ * The tar headers are fixed (mtime = manifest.created, uid/gid 0, no user/group names, mode
+ * 0644) and zstd is deterministic for a given level and input, so the same inputs give the
+ * same bytes. Written to a temp file beside `out` (removed on error or SIGINT), fsynced, then
+ * renamed. Memory is bounded by the frames in flight, not by the rootfs size.
+ */
+export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundleResult> {
+  if (!Number.isInteger(opts.level) || opts.level < MIN_LEVEL || opts.level > MAX_LEVEL) {
+    throw new BaleError('E_USAGE', `--level ${opts.level}: expected an integer from ${MIN_LEVEL} to ${MAX_LEVEL}`, { subject: '--level' })
+  }
+  const concurrency = opts.concurrency ?? defaultConcurrency()
+  if (!Number.isInteger(concurrency) || concurrency < 1) throw new BaleError('E_USAGE', `concurrency ${concurrency}: expected a positive integer`)
+
+  const manifestBytes = serializeManifest(opts.manifest)
+  const manifest = parseManifest(opts.manifest, 'manifest')
+  const mtime = new Date(manifest.created)
+
+  const st = await fs.stat(opts.rootfsPath).catch((e: unknown) => {
+    throw fromSystemError(e, opts.rootfsPath) ?? e
+  })
+  if (!st.isFile()) throw new BaleError('E_INPUT', `${opts.rootfsPath}: not a regular file`, { subject: opts.rootfsPath })
+  if (st.size !== manifest.rootfs.size) {
+    throw new BaleError('E_INPUT', `${opts.rootfsPath}: ${st.size} bytes, but the manifest says rootfs.size ${manifest.rootfs.size}`, { subject: opts.rootfsPath })
+  }
+  const outDir = path.dirname(opts.out)
+  const dirSt = await fs.stat(outDir).catch(() => undefined)
+  if (dirSt === undefined || !dirSt.isDirectory()) {
+    throw new BaleError('E_NOT_FOUND', `${outDir}: no such directory (for ${opts.out})`, { subject: outDir })
+  }
+
+  const tmp = tempPathFor(opts.out)
+  const unregister = registerCleanup(tmp)
+  const sha256 = createHash('sha256')
+  const sha512 = createHash('sha512')
+  let size = 0
+  let fh: fs.FileHandle | undefined
+  const pack = tarStream.pack()
+  const rootfs = createReadStream(opts.rootfsPath, { highWaterMark: READ_CHUNK })
+  try {
+    fh = await fs.open(tmp, 'wx', 0o644)
+    const out = fh
+    const feeding = feedTar(pack, manifestBytes, rootfs, opts.rootfsPath, st.size, mtime)
+    // If feeding fails, the pack stream fails too, and the loop below throws that error.
+    feeding.catch((e: unknown) => pack.destroy(e instanceof Error ? e : new Error(String(e))))
+
+    const inFlight: Array<Promise<Buffer>> = []
+    const writeNext = async (): Promise<void> => {
+      const frame = await (inFlight.shift() as Promise<Buffer>)
+      sha256.update(frame)
+      sha512.update(frame)
+      size += frame.length
+      await out.write(frame)
+    }
+    // streamx Readables are async-iterable at run time; tar-stream's types do not say so.
+    for await (const chunk of fixedChunks(pack as unknown as AsyncIterable<Buffer>, FRAME_SIZE)) {
+      const p = compress(chunk, opts.level)
+      // Observed at once: a failure while an earlier frame is awaited must not go unhandled.
+      p.catch(() => undefined)
+      inFlight.push(p)
+      if (inFlight.length >= concurrency) await writeNext()
+    }
+    while (inFlight.length > 0) await writeNext()
+    await feeding
+    await out.sync()
+    await out.close()
+    fh = undefined
+    await commitTemp(tmp, opts.out)
+    unregister()
+  } catch (e) {
+    rootfs.destroy()
+    pack.destroy()
+    await fh?.close().catch(() => undefined)
+    await removeQuietly(tmp)
+    unregister()
+    if (isBaleError(e)) throw e
+    throw fromSystemError(e, opts.out) ?? new BaleError('E_TOOL', `${opts.out}: writing the bundle failed: ${e instanceof Error ? e.message : String(e)}`, { subject: opts.out, cause: e })
+  }
+  const sha512hex = sha512.digest('hex')
+  return {
+    path: opts.out,
+    sha256: sha256.digest('hex'),
+    size,
+    integrity: ssri.fromHex(sha512hex, 'sha512').toString(),
+  }
+}
+
+type Sink = ReturnType<tarStream.Pack['entry']>
+
+/** The two members, with every header field fixed so that the bytes depend only on the inputs. */
+async function feedTar(pack: tarStream.Pack, manifestBytes: Buffer, rootfs: NodeJS.ReadableStream, rootfsPath: string, rootfsSize: number, mtime: Date): Promise<void> {
+  const header = (name: string, size: number): tarStream.Header => ({ name, size, mode: 0o644, uid: 0, gid: 0, uname: '', gname: '', mtime, type: 'file', linkname: '', devmajor: 0, devminor: 0 })
+  await new Promise<void>((resolve, reject) => {
+    pack.entry(header(MANIFEST_FILE, manifestBytes.length), manifestBytes, (err) => (err ? reject(err) : resolve()))
+  })
+  let sink!: Sink
+  const entryDone = new Promise<void>((resolve, reject) => {
+    sink = pack.entry(header(ROOTFS_FILE, rootfsSize), (err) => (err ? reject(err) : resolve()))
+  })
+  // Not awaited until the data is written; observed now so an early failure is not unhandled.
+  // The entry's own 'error' event carries the same failure as the callback ("Size mismatch" if
+  // the file changed size): the callback reports it, the listener keeps it from being thrown.
+  entryDone.catch(() => undefined)
+  sink.on('error', () => undefined)
+  // tar-stream's entry is a streamx Writable: write with backpressure by hand.
+  let read = 0
+  const changed = (): BaleError => new BaleError('E_INPUT', `${rootfsPath}: changed while the bundle was written (${rootfsSize} bytes expected)`, { subject: rootfsPath })
+  for await (const chunk of rootfs as AsyncIterable<Buffer>) {
+    read += chunk.length
+    if (read > rootfsSize) throw changed()
+    if (!sink.write(chunk)) await drainOrClose(sink)
+  }
+  if (read !== rootfsSize) throw changed()
+  sink.end(undefined)
+  await entryDone
+  pack.finalize()
+}
+
+/** Wait for 'drain', or for 'close' if the pack was destroyed meanwhile (then the write loop ends). */
+function drainOrClose(sink: Sink): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = (): void => {
+      sink.removeListener('drain', done)
+      sink.removeListener('close', done)
+      resolve()
+    }
+    sink.on('drain', done)
+    sink.on('close', done)
+  })
+}
+
+/** Re-cut a byte stream into buffers of exactly `size` bytes (the last may be shorter). */
+export async function* fixedChunks(source: AsyncIterable<Buffer>, size: number): AsyncGenerator<Buffer> {
+  let buf = Buffer.allocUnsafe(size)
+  let fill = 0
+  for await (const chunk of source) {
+    let off = 0
+    while (off < chunk.length) {
+      const n = Math.min(size - fill, chunk.length - off)
+      chunk.copy(buf, fill, off, off + n)
+      fill += n
+      off += n
+      if (fill === size) {
+        yield buf
+        buf = Buffer.allocUnsafe(size)
+        fill = 0
+      }
+    }
+  }
+  if (fill > 0) yield buf.subarray(0, fill)
+}
