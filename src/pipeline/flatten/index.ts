@@ -3,6 +3,7 @@ import type { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { BaleError, fromSystemError, isBaleError } from '../../lib/errors.js'
 import { baseName, type FlatTree, type Inode, type NodeKind } from '../tree.js'
+import { BlobWriter } from './blob-writer.js'
 import { checkName, decodeUtf8, MAX_PATH_BYTES, normalizeEntryName, showPath } from './names.js'
 import { readTar, type TarHeader } from './tar-reader.js'
 import { type LayerOp, type NodeSpec, TreeEditor } from './tree-editor.js'
@@ -60,16 +61,20 @@ export async function applyLayer(tree: FlatTree, tar: Readable, layer: { index: 
   const { label } = layer
   const ops: LayerOp[] = []
   const stats: LayerStats = { entries: 0, bytes: 0 }
+  const blobs = new BlobWriter()
   try {
     await pipeline(tar, async (source: AsyncIterable<unknown>) => {
       stats.entries = await readTar(source, label, async (h, body) => {
-        const op = await readMember(tree, h, body, label)
+        const op = await readMember(tree, blobs, h, body, label)
         if (op.op === 'node' && op.spec.kind === 'file') stats.bytes += op.spec.size
         ops.push(op)
       })
     })
+    await blobs.settle()
     await new TreeEditor(tree, label).applyLayerOps(ops)
   } catch (e) {
+    // No write may still be landing in staging when the caller removes it.
+    await blobs.settle().catch(() => undefined)
     throw asBaleError(e, label)
   }
   return stats
@@ -84,7 +89,7 @@ function asBaleError(e: unknown, label: string): BaleError {
 }
 
 /** Turn one tar member into an operation; regular-file contents go to their blob now. */
-async function readMember(tree: FlatTree, h: TarHeader, body: AsyncIterable<Buffer>, label: string): Promise<LayerOp> {
+async function readMember(tree: FlatTree, blobs: BlobWriter, h: TarHeader, body: AsyncIterable<Buffer>, label: string): Promise<LayerOp> {
   const shown = showPath(h.name)
   const fail = (code: 'E_INPUT' | 'E_UNSAFE_PATH', why: string): BaleError =>
     new BaleError(code, `${label}: ${shown}: ${why}`, { subject: shown })
@@ -147,7 +152,7 @@ async function readMember(tree: FlatTree, h: TarHeader, body: AsyncIterable<Buff
       spec.ino = tree.nextIno++
       spec.size = h.size
       // Same place blobPath() names once the inode exists.
-      await writeBlob(`${tree.staging}/blobs/${spec.ino}`, body)
+      await blobs.write(`${tree.staging}/blobs/${spec.ino}`, h.size, body)
       break
     default:
       break
@@ -199,23 +204,4 @@ function readXattrs(pax: Map<string, Buffer>, fail: (code: 'E_INPUT' | 'E_UNSAFE
     out.set(checkName(name), Buffer.from(text, 'base64'))
   }
   return out
-}
-
-/**
- * Exclusive create ('wx': O_CREAT|O_EXCL, which also refuses to follow a symlink at the final
- * component) in our own 0700 blobs directory, so nothing can redirect the write.
- */
-async function writeBlob(file: string, body: AsyncIterable<Buffer>): Promise<void> {
-  const fh = await fs.open(file, 'wx', 0o600)
-  try {
-    for await (const chunk of body) {
-      let off = 0
-      while (off < chunk.length) {
-        const { bytesWritten } = await fh.write(chunk, off, chunk.length - off)
-        off += bytesWritten
-      }
-    }
-  } finally {
-    await fh.close()
-  }
 }

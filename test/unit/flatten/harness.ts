@@ -9,7 +9,7 @@ import { expect } from 'vitest'
 import { isBaleError, type ErrorCode } from '../../../src/lib/errors.js'
 import { applyLayer, createTree } from '../../../src/pipeline/flatten/index.js'
 import { blobPath, linkCounts, type FlatTree, type Inode } from '../../../src/pipeline/tree.js'
-import { chunkedStream, tarStream, type BuildTarOptions, type TarEntry } from '../../helpers/tar.js'
+import { chunkedStream, tarStream, type BuildTarOptions, type ChunkOptions, type TarEntry } from '../../helpers/tar.js'
 
 const stagings: string[] = []
 
@@ -36,7 +36,7 @@ export function label(i: number): string {
  * the staging invariant: staging holds only `blobs/`, and `blobs/` holds exactly one blob per
  * live regular-file inode, of the inode's size.
  */
-export async function flatten(layers: Array<TarEntry[] | Buffer>, opts: BuildTarOptions = {}, staging?: string): Promise<FlatTree> {
+export async function flatten(layers: Array<TarEntry[] | Buffer>, opts: BuildTarOptions & ChunkOptions = {}, staging?: string): Promise<FlatTree> {
   staging ??= await newStaging()
   const tree = await createTree(staging)
   for (const [i, layer] of layers.entries()) {

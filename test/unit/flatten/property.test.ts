@@ -239,7 +239,6 @@ describe('flatten property', () => {
     expect(stats.errors).toBeGreaterThan(stats.runs / 10)
     expect(stats.errors).toBeLessThan(stats.runs * 0.9)
     expect(stats.maxEntries).toBeGreaterThanOrEqual(6)
-    console.log(stats)
     expect(stats.withLinks).toBeGreaterThan(10)
   })
 })

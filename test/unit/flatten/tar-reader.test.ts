@@ -215,11 +215,14 @@ describe('readTar: PAX records kept as bytes', () => {
 })
 
 describe('readTar: archives from other writers', () => {
-  const dir = path.join(tmpdir(), `bale-tar-writers-${process.pid}`)
-  afterAll(() => rm(dir, { recursive: true, force: true }))
+  let dir: string | undefined
+  afterAll(async () => {
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true })
+  })
 
   async function makeTree(): Promise<string> {
-    const root = await mkdtemp(`${dir}-`)
+    dir ??= await mkdtemp(path.join(tmpdir(), 'bale-tar-writers-'))
+    const root = await mkdtemp(path.join(dir, 'src-'))
     const deep = path.join(root, 'a'.repeat(80), 'b'.repeat(80), 'c'.repeat(80))
     await mkdir(deep, { recursive: true })
     await writeFile(path.join(deep, `${'f'.repeat(120)}.txt`), 'deep content')
