@@ -28,9 +28,10 @@ export default class KernelImport extends BaseCommand {
   ]
 
   static override flags = {
-    deb: Flags.string({ summary: 'Debian linux-image-<release> package', helpValue: 'FILE', exclusive: ['vmlinuz', 'modules'] }),
-    vmlinuz: Flags.string({ summary: 'bzImage (or ELF vmlinux) to import', helpValue: 'FILE', dependsOn: ['modules'] }),
-    modules: Flags.string({ summary: 'Its lib/modules/<release> directory', helpValue: 'DIR', dependsOn: ['vmlinuz'] }),
+    // Combinations are checked in resolveOptions: oclif's exclusive/dependsOn errors span several lines.
+    deb: Flags.string({ summary: 'Debian linux-image-<release> package', helpValue: 'FILE' }),
+    vmlinuz: Flags.string({ summary: 'bzImage (or ELF vmlinux) to import; needs --modules', helpValue: 'FILE' }),
+    modules: Flags.string({ summary: 'Its lib/modules/<release> directory', helpValue: 'DIR' }),
     ref: Flags.string({ summary: 'kernel_ref to store it under (default: debian-<release>)' }),
     init: Flags.string({ summary: 'Stage-1 program for /init (default: guest/out/bale-init)', helpValue: 'FILE' }),
     default: Flags.boolean({ summary: 'Make it the kernel that kernel_ref "default" names' }),
@@ -61,9 +62,15 @@ type ParsedFlags = Awaited<ReturnType<KernelImport['parse']>>['flags'] & { deb?:
 
 function resolveOptions(flags: ParsedFlags, env: NodeJS.ProcessEnv): ImportKernelOptions {
   let source: ImportKernelOptions['source']
-  if (flags.deb !== undefined) source = { kind: 'deb', deb: path.resolve(flags.deb) }
-  else if (flags.vmlinuz !== undefined && flags.modules !== undefined) {
+  if (flags.deb !== undefined && (flags.vmlinuz !== undefined || flags.modules !== undefined)) {
+    throw new BaleError('E_USAGE', '--deb cannot be combined with --vmlinuz/--modules: give one kernel', { subject: '--deb' })
+  } else if (flags.deb !== undefined) {
+    source = { kind: 'deb', deb: path.resolve(flags.deb) }
+  } else if (flags.vmlinuz !== undefined && flags.modules !== undefined) {
     source = { kind: 'vmlinuz', vmlinuz: path.resolve(flags.vmlinuz), modulesDir: path.resolve(flags.modules) }
+  } else if (flags.vmlinuz !== undefined || flags.modules !== undefined) {
+    const missing = flags.vmlinuz === undefined ? '--vmlinuz' : '--modules'
+    throw new BaleError('E_USAGE', `${missing} is missing: --vmlinuz FILE and --modules DIR go together`, { subject: missing })
   } else {
     throw new BaleError('E_USAGE', 'no kernel: give --deb FILE, or --vmlinuz FILE with --modules DIR', { subject: '--deb' })
   }

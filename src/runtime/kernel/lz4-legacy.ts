@@ -18,6 +18,8 @@ export class Lz4LegacyDecoder extends Transform {
   private chunks: Buffer[] = []
   private buffered = 0
   private sawMagic = false
+  /** Bytes the current block's compressed data needs; undefined while its size is unread. */
+  private blockSize: number | undefined
   private readonly out = new Uint8Array(LEGACY_BLOCK_SIZE)
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
@@ -40,19 +42,20 @@ export class Lz4LegacyDecoder extends Transform {
     }
   }
 
+  /** Remove and return the first n buffered bytes (n <= buffered), copying only when they span chunks. */
   private consume(n: number): Buffer {
-    const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.buffered)
-    const head = all.subarray(0, n)
-    const rest = all.subarray(n)
-    this.chunks = rest.length > 0 ? [rest] : []
-    this.buffered = rest.length
-    return head
-  }
-
-  private peekU32(): number {
-    const b = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.buffered)
-    this.chunks = [b]
-    return b.readUInt32LE(0)
+    const first = this.chunks[0]!
+    if (first.length >= n) {
+      const head = first.subarray(0, n)
+      if (first.length === n) this.chunks.shift()
+      else this.chunks[0] = first.subarray(n)
+      this.buffered -= n
+      return head
+    }
+    const all = Buffer.concat(this.chunks, this.buffered)
+    this.chunks = all.length > n ? [all.subarray(n)] : []
+    this.buffered -= n
+    return all.subarray(0, n)
   }
 
   private drain(final: boolean): void {
@@ -64,17 +67,19 @@ export class Lz4LegacyDecoder extends Transform {
         this.sawMagic = true
         continue
       }
-      if (this.buffered < 4) break
-      const size = this.peekU32()
-      // Concatenated legacy streams: a magic where a block size is expected starts the next one
-      // (the kernel's own unlz4 accepts this too).
-      if (size === LZ4_LEGACY_MAGIC) {
-        this.consume(4)
-        continue
+      if (this.blockSize === undefined) {
+        if (this.buffered < 4) break
+        const size = this.consume(4).readUInt32LE(0)
+        // Concatenated legacy streams: a magic where a block size is expected starts the next one
+        // (the kernel's own unlz4 accepts this too).
+        if (size === LZ4_LEGACY_MAGIC) continue
+        if (size === 0 || size > MAX_COMPRESSED_BLOCK) throw new Error(`lz4 legacy block of ${size} bytes is corrupt`)
+        this.blockSize = size
       }
-      if (size === 0 || size > MAX_COMPRESSED_BLOCK) throw new Error(`lz4 legacy block of ${size} bytes is corrupt`)
-      if (this.buffered < 4 + size) break
-      const block = this.consume(4 + size).subarray(4)
+      // Wait for the whole block: concatenating once per block, not once per incoming chunk.
+      if (this.buffered < this.blockSize) break
+      const block = this.consume(this.blockSize)
+      this.blockSize = undefined
       const n = lz4.decompressBlock(block, this.out, 0, block.length, 0)
       // lz4js does no bounds checks; output past the block limit means the input is corrupt.
       if (!Number.isInteger(n) || n <= 0 || n > LEGACY_BLOCK_SIZE) throw new Error('lz4 legacy block is corrupt')
@@ -82,7 +87,9 @@ export class Lz4LegacyDecoder extends Transform {
     }
     if (final) {
       if (!this.sawMagic) throw new Error('lz4 legacy stream is empty')
-      if (this.buffered !== 0) throw new Error(`lz4 legacy stream is truncated (${this.buffered} stray bytes at the end)`)
+      if (this.buffered !== 0 || this.blockSize !== undefined) {
+        throw new Error(`lz4 legacy stream is truncated (${this.buffered} bytes of a ${this.blockSize ?? '?'}-byte block at the end)`)
+      }
     }
   }
 }
