@@ -35,6 +35,8 @@ const ROOT_INO = 1
 /** OCI image spec, layer.md: these prefixes mark whiteouts and never appear in the tree. */
 const WHITEOUT_PREFIX = '.wh.'
 const OPAQUE_WHITEOUT = '.wh..wh..opq'
+/** moby's WhiteoutMetaPrefix (pkg/archive/whiteouts.go). */
+const AUFS_META_PREFIX = '.wh..wh.'
 /** ext4 stores uid and gid as 32-bit numbers. */
 const MAX_ID = 0xffffffff
 
@@ -66,6 +68,7 @@ export async function applyLayer(tree: FlatTree, tar: Readable, layer: { index: 
     await pipeline(tar, async (source: AsyncIterable<unknown>) => {
       stats.entries = await readTar(source, label, async (h, body) => {
         const op = await readMember(tree, blobs, h, body, label)
+        if (op === undefined) return
         if (op.op === 'node' && op.spec.kind === 'file') stats.bytes += op.spec.size
         ops.push(op)
       })
@@ -88,10 +91,13 @@ function asBaleError(e: unknown, label: string): BaleError {
   return new BaleError('E_INPUT', `${label}: ${msg}`, { subject: label, cause: e })
 }
 
-/** Turn one tar member into an operation; regular-file contents go to their blob now. */
-async function readMember(tree: FlatTree, blobs: BlobWriter, h: TarHeader, body: AsyncIterable<Buffer>, label: string): Promise<LayerOp> {
+/** Builds the error for the member being read: `${label}: <its name>: <why>`. */
+type Fail = (code: 'E_INPUT' | 'E_UNSAFE_PATH', why: string) => BaleError
+
+/** Turn one tar member into an operation (undefined: skipped); regular-file contents go to their blob now. */
+async function readMember(tree: FlatTree, blobs: BlobWriter, h: TarHeader, body: AsyncIterable<Buffer>, label: string): Promise<LayerOp | undefined> {
   const shown = showPath(h.name)
-  const fail = (code: 'E_INPUT' | 'E_UNSAFE_PATH', why: string): BaleError =>
+  const fail: Fail = (code, why) =>
     new BaleError(code, `${label}: ${shown}: ${why}`, { subject: shown })
 
   const path = normalizeEntryName(h.name, label)
@@ -104,6 +110,9 @@ async function readMember(tree: FlatTree, blobs: BlobWriter, h: TarHeader, body:
   if (kind === 'file' && h.name[h.name.length - 1] === 0x2f) kind = 'dir'
 
   const parts = path.split('/')
+  // AUFS bookkeeping at the top of layers made on AUFS hosts (.wh..wh.aufs, .wh..wh.plnk/…):
+  // Docker skips it, and so does bale.
+  if ((parts[0] as string).startsWith(AUFS_META_PREFIX) && path !== OPAQUE_WHITEOUT) return undefined
   if (parts.slice(0, -1).some((c) => c.startsWith(WHITEOUT_PREFIX))) {
     throw fail('E_INPUT', 'a whiteout name is used as a directory')
   }
@@ -160,7 +169,7 @@ async function readMember(tree: FlatTree, blobs: BlobWriter, h: TarHeader, body:
   return { op: 'node', path, spec }
 }
 
-function symlinkTarget(raw: Buffer, fail: (code: 'E_INPUT' | 'E_UNSAFE_PATH', why: string) => BaleError): string {
+function symlinkTarget(raw: Buffer, fail: Fail): string {
   // Stored exactly as written, but it must be representable: the tree keeps text, Linux refuses
   // empty targets, and debugfs cannot write a target with a line break.
   if (raw.length === 0) throw fail('E_INPUT', 'symlink with an empty target')
@@ -181,14 +190,14 @@ const LIBARCHIVE_XATTR = 'LIBARCHIVE.xattr.'
  * `LIBARCHIVE.xattr.NAME` (bsdtar; NAME percent-encoded, value base64). bsdtar writes both for
  * the same attribute; its LIBARCHIVE form is the lossless one, so it wins.
  */
-function readXattrs(pax: Map<string, Buffer>, fail: (code: 'E_INPUT' | 'E_UNSAFE_PATH', why: string) => BaleError): Map<string, Buffer> {
+function readXattrs(pax: Map<string, Buffer>, fail: Fail): Map<string, Buffer> {
   const out = new Map<string, Buffer>()
-  const checkName = (name: string): string => {
+  const xattrName = (name: string): string => {
     if (name === '' || name.includes('\0')) throw fail('E_INPUT', `invalid xattr name ${JSON.stringify(name)}`)
     return name
   }
   for (const [k, v] of pax) {
-    if (k.startsWith(SCHILY_XATTR)) out.set(checkName(k.slice(SCHILY_XATTR.length)), v)
+    if (k.startsWith(SCHILY_XATTR)) out.set(xattrName(k.slice(SCHILY_XATTR.length)), v)
   }
   for (const [k, v] of pax) {
     if (!k.startsWith(LIBARCHIVE_XATTR)) continue
@@ -201,7 +210,7 @@ function readXattrs(pax: Map<string, Buffer>, fail: (code: 'E_INPUT' | 'E_UNSAFE
     const text = v.toString('latin1')
     // Node's base64 decoder skips characters it does not know; refuse them instead of guessing.
     if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(text)) throw fail('E_INPUT', `PAX key ${JSON.stringify(k)} has a value that is not base64`)
-    out.set(checkName(name), Buffer.from(text, 'base64'))
+    out.set(xattrName(name), Buffer.from(text, 'base64'))
   }
   return out
 }

@@ -101,6 +101,19 @@ describe('whiteouts (.wh.NAME)', () => {
     )
   })
 
+  it('skips AUFS metadata at the top of a layer, as Docker does', async () => {
+    const tree = await flatten([
+      [
+        { name: '.wh..wh.aufs', mode: 0o600 },
+        { name: '.wh..wh.orph', type: 'dir' },
+        { name: '.wh..wh.plnk', type: 'dir', mode: 0o700 },
+        { name: '.wh..wh.plnk/237.1234', content: 'aufs hard-link store' },
+        { name: 'kept', content: 'k' },
+      ],
+    ])
+    expect(await view(tree)).toEqual({ '': ROOT, kept: 'file 0644 0:0 "k"' })
+  })
+
   it('as a directory component are refused (a whiteout cannot hold entries)', async () => {
     await expectFlattenError([[{ name: 'a/.wh.b/c', content: 'x' }]], 'E_INPUT', '"a/.wh.b/c"', 'whiteout name is used as a directory')
   })
