@@ -2,13 +2,13 @@ import { createHash } from 'node:crypto'
 import { createReadStream, promises as fs } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { compress } from '@mongodb-js/zstd'
 import ssri from 'ssri'
 import * as tarStream from 'tar-stream'
 import { commitTemp, removeQuietly, tempPathFor } from '../../lib/atomic.js'
 import { registerCleanup } from '../../lib/cleanup.js'
 import { BaleError, fromSystemError, isBaleError } from '../../lib/errors.js'
 import { type BundleManifest, MANIFEST_FILE, parseManifest, ROOTFS_FILE, serializeManifest } from './manifest.js'
+import { compressFrame } from './zstd-native.js'
 
 /**
  * Default zstd level for bundles, chosen by bench/zstd-level.ts (run it to re-measure). On a
@@ -125,7 +125,7 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
     }
     // streamx Readables are async-iterable at run time; tar-stream's types do not say so.
     for await (const chunk of fixedChunks(pack as unknown as AsyncIterable<Buffer>, FRAME_SIZE)) {
-      const p = compress(chunk, opts.level)
+      const p = compressFrame(chunk, opts.level)
       // Observed at once: a failure while an earlier frame is awaited must not go unhandled.
       p.catch(() => undefined)
       inFlight.push(p)

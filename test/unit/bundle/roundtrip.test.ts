@@ -95,6 +95,18 @@ describe('writeBundle + reader', () => {
     expect(b.integrity).toBe(a.integrity)
   })
 
+  it('zstd-level-dropped: the level reaches the compressor (@mongodb-js/zstd 1.2.2 drops it)', async () => {
+    // Text with long-range repeats: higher levels find more of them.
+    const words = Array.from({ length: 5000 }, (_, i) => `w${(i * 7919) % 1000}`).join(' ')
+    const rootfs = Buffer.from(words.repeat(40))
+    const rootfsPath = path.join(dir, 'rootfs.img')
+    await fs.writeFile(rootfsPath, rootfs)
+    const manifest = manifestFor(rootfs)
+    const sizes = []
+    for (const level of [1, 19]) sizes.push((await writeBundle({ manifest, rootfsPath, out: path.join(dir, `l${level}.tar.zst`), level })).size)
+    expect(sizes[1]).toBeLessThan(sizes[0] as number)
+  })
+
   it('refuses bad inputs before writing anything, and leaves no temporary behind', async () => {
     const rootfs = Buffer.from('small rootfs')
     const rootfsPath = path.join(dir, 'rootfs.img')
