@@ -61,8 +61,16 @@ function toBaleError(err: Error & { exitCode?: number; oclif?: { exit?: number }
   if (sys) return sys
   // oclif's flag/argument parse errors: one line, usage exit code.
   if (err instanceof Errors.CLIError || (err as { oclif?: unknown }).oclif !== undefined) {
-    const first = stripAnsi(err.message).split('\n').find((l) => l.trim() !== '') ?? err.message
-    return new BaleError('E_USAGE', first.trim())
+    // oclif wraps some parse errors ("The following error occurred:" / "errors occurred:") around
+    // the line that names the flag: keep that line only, one line for the user.
+    const lines = stripAnsi(err.message)
+      .split('\n')
+      .map((l) => l.replace(/^\s*[›»]?\s*/, '').trim())
+      .filter((l) => l !== '' && !/^The following errors? occurred:?$/i.test(l) && !/^See more help with/i.test(l))
+    // "Parsing --level" is followed by the reason on its own line: one line, flag first.
+    const [first, second] = lines
+    const line = first !== undefined && /^Parsing --/.test(first) && second !== undefined ? `${first.replace(/^Parsing /, '')}: ${second}` : first
+    return new BaleError('E_USAGE', line ?? err.message.trim(), { subject: /--[\w-]+/.exec(line ?? '')?.[0] })
   }
   return undefined
 }
