@@ -3,12 +3,12 @@ import type { Readable } from 'node:stream'
 import { Agent, request, type Dispatcher } from 'undici'
 import { BaleError } from '../lib/errors.js'
 import { type Challenge, type Credentials, CREDS_ENV, parseWwwAuthenticate, TokenCache } from './auth.js'
-import { type Descriptor, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES } from './manifest.js'
+import { MANIFEST_ACCEPT, MAX_MANIFEST_BYTES } from './manifest.js'
 import { hostOf, type ImageReference, isLoopbackHost, SHA256_DIGEST } from './reference.js'
 import {
   backoffDelay,
   DEFAULT_RETRY,
-  errorCode,
+  describeNetworkError,
   isRetryableStatus,
   isTransientNetworkError,
   parseRetryAfter,
@@ -318,7 +318,7 @@ export class RegistryClient {
         if (this.opts.signal?.aborted) throw e
         if (!isTransientNetworkError(e) || attempt >= this.retry.attempts) throw networkError(e, what, attempt)
         const delayMs = backoffDelay(this.retry, attempt)
-        this.opts.onRetry?.({ what, attempt, delayMs, reason: errorCode(e) ?? (e as Error).message })
+        this.opts.onRetry?.({ what, attempt, delayMs, reason: describeNetworkError(e) })
         await sleep(delayMs, this.opts.signal)
         continue
       }
@@ -347,12 +347,12 @@ export class RegistryClient {
   }
 
   /**
-   * Fetch a manifest by tag or digest. By digest, the bytes must hash to it (and match
-   * `expected`'s size when given); by tag, the digest is computed and returned. The
+   * Fetch a manifest by tag or digest. By digest, the bytes must hash to it (and have
+   * `expectedSize` bytes when given); by tag, the digest is computed and returned. The
    * Docker-Content-Digest header is not trusted for tags (ggcr does the same: some registries
    * send wrong ones), and never needed for digests.
    */
-  async fetchManifest(reference: string, expected?: Descriptor): Promise<{ bytes: Buffer; digest: string; contentType?: string }> {
+  async fetchManifest(reference: string, expectedSize?: number): Promise<{ bytes: Buffer; digest: string; contentType?: string }> {
     const sep = SHA256_DIGEST.test(reference) ? '@' : ':'
     const what = `${this.name}${sep}${reference}`
     const res = await this.get(what, `manifests/${reference}`, { accept: MANIFEST_ACCEPT })
@@ -367,8 +367,8 @@ export class RegistryClient {
     if (sep === '@' && digest !== reference) {
       throw new BaleError('E_DIGEST', `GET ${what}: expected ${reference} got ${digest}`, { subject: reference })
     }
-    if (expected !== undefined && expected.size !== bytes.length) {
-      throw new BaleError('E_DIGEST', `GET ${what}: expected ${expected.size} bytes got ${bytes.length}`, { subject: expected.digest })
+    if (expectedSize !== undefined && expectedSize !== bytes.length) {
+      throw new BaleError('E_DIGEST', `GET ${what}: expected ${expectedSize} bytes got ${bytes.length}`, { subject: reference })
     }
     const contentType = header(res, 'content-type')
     return { bytes, digest, ...(contentType === undefined ? {} : { contentType }) }
@@ -440,10 +440,7 @@ export class RegistryClient {
 }
 
 function networkError(e: unknown, what: string, attempts: number): BaleError {
-  const code = errorCode(e)
-  const msg = code === 'ECONNREFUSED' ? 'connection refused' : code === 'ENOTFOUND' ? 'host not found' : (e as Error).message || code || 'network error'
-  const tries = attempts > 1 ? ` after ${attempts} tries` : ''
-  return new BaleError('E_NETWORK', `${what}: ${msg}${code !== undefined && msg !== code ? ` (${code})` : ''}${tries}`, {
+  return new BaleError('E_NETWORK', `${what}: ${describeNetworkError(e)}${attempts > 1 ? ` after ${attempts} tries` : ''}`, {
     subject: what,
     cause: e,
     temporary: isTransientNetworkError(e),

@@ -1,5 +1,9 @@
-import cliProgress from 'cli-progress'
+import type { MultiBar, SingleBar } from 'cli-progress'
+import { createRequire } from 'node:module'
 import type { PullEvent } from './pull.js'
+
+// cli-progress is loaded only when there is a terminal to draw on (CI and pipes never need it).
+const requireCjs = createRequire(import.meta.url)
 
 /**
  * Pull progress for people: one bar per blob on a terminal, plain lines otherwise (CI logs,
@@ -54,7 +58,8 @@ export function createPullProgress(opts: { stream: NodeJS.WriteStream; env: Node
       stop: () => undefined,
     }
   }
-  const multi = new cliProgress.MultiBar(
+  const cliProgress = requireCjs('cli-progress') as typeof import('cli-progress')
+  const multi: MultiBar = new cliProgress.MultiBar(
     {
       stream: opts.stream,
       hideCursor: true,
@@ -64,8 +69,8 @@ export function createPullProgress(opts: { stream: NodeJS.WriteStream; env: Node
     },
     cliProgress.Presets.shades_classic,
   )
-  const bars = new Map<string, cliProgress.SingleBar>()
-  const barFor = (digest: string, role: string, size: number): cliProgress.SingleBar => {
+  const bars = new Map<string, SingleBar>()
+  const barFor = (digest: string, role: string, size: number): SingleBar => {
     let bar = bars.get(digest)
     if (bar === undefined) {
       bar = multi.create(size, 0, { label: `${role.padEnd(6)} ${shortDigest(digest)}`, done: formatBytes(0), all: formatBytes(size) })

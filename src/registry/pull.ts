@@ -2,7 +2,9 @@ import pLimit from 'p-limit'
 import { BaleError } from '../lib/errors.js'
 import { ociStoreDir } from '../lib/paths.js'
 import { findCredentials } from './auth.js'
-import { RegistryClient, type RetryEvent } from './client.js'
+// Types only: the client (and undici under it) is loaded when the network is first needed, so a
+// warm or offline pull does not pay for loading an HTTP stack it never uses.
+import type { RegistryClient, RetryEvent } from './client.js'
 import {
   type ConfigFile,
   type Descriptor,
@@ -15,7 +17,7 @@ import {
 } from './manifest.js'
 import { DEFAULT_PLATFORM, formatPlatform, parsePlatform, type Platform, samePlatform, selectPlatform } from './platform.js'
 import { type ImageReference, parseReference } from './reference.js'
-import { backoffDelay, DEFAULT_RETRY, errorCode, isTransientNetworkError, type RetryPolicy, sleep } from './retry.js'
+import { backoffDelay, DEFAULT_RETRY, describeNetworkError, isTransientNetworkError, type RetryPolicy, sleep } from './retry.js'
 import { OciStore } from './store.js'
 
 /**
@@ -128,6 +130,7 @@ class PullSession {
     if (this.opts.offline) throw new Error('bug: network client requested in offline mode')
     this.clientPromise ??= (async () => {
       const credentials = await findCredentials(this.ref.domain, { creds: this.opts.creds, env: this.opts.env ?? process.env })
+      const { RegistryClient } = await import('./client.js')
       return new RegistryClient(this.ref, {
         insecure: this.opts.insecure,
         ...(credentials === undefined ? {} : { credentials }),
@@ -279,7 +282,7 @@ class PullSession {
     }
     if (bytes === undefined) {
       if (this.opts.offline) throw this.offlineMissing(`${label} ${desc.digest}`)
-      const fetched = await (await this.client()).fetchManifest(desc.digest, desc.size === undefined ? undefined : (desc as Descriptor))
+      const fetched = await (await this.client()).fetchManifest(desc.digest, desc.size)
       bytes = fetched.bytes
       declared ??= fetched.contentType
       await this.store.putSmallBlob(desc.digest, bytes)
@@ -348,12 +351,12 @@ class PullSession {
               if (e instanceof BaleError) throw e
               throw new BaleError(
                 'E_NETWORK',
-                `${what}: ${errorCode(e) ?? (e as Error).message} after ${tries} tries (${partial.offset} of ${desc.size} bytes kept; rerun to resume)`,
+                `${what}: ${describeNetworkError(e)} after ${tries} ${tries === 1 ? 'try' : 'tries'} (${partial.offset} of ${desc.size} bytes kept; rerun to resume)`,
                 { subject: desc.digest, cause: e, temporary: true },
               )
             }
             const delayMs = backoffDelay(this.retry, failures)
-            this.emit({ type: 'retry', what, attempt: tries, delayMs, reason: `${errorCode(e) ?? (e as Error).message} at byte ${partial.offset}` })
+            this.emit({ type: 'retry', what, attempt: tries, delayMs, reason: `${e instanceof BaleError ? e.message : describeNetworkError(e)} at byte ${partial.offset}` })
             await sleep(delayMs, this.opts.signal)
           }
         }

@@ -86,6 +86,32 @@ export function errorCode(e: unknown): string | undefined {
   return undefined
 }
 
+const PLAIN_WORDS: Record<string, string> = {
+  ECONNRESET: 'connection reset',
+  UND_ERR_SOCKET: 'connection closed mid-response',
+  UND_ERR_CLOSED: 'connection closed',
+  EPIPE: 'connection closed',
+  ECONNREFUSED: 'connection refused',
+  ENOTFOUND: 'host not found',
+  EAI_AGAIN: 'DNS lookup failed',
+  ETIMEDOUT: 'timed out',
+  UND_ERR_CONNECT_TIMEOUT: 'timed out connecting',
+  UND_ERR_HEADERS_TIMEOUT: 'no response headers in time',
+  UND_ERR_BODY_TIMEOUT: 'transfer stalled',
+  UND_ERR_RES_CONTENT_LENGTH_MISMATCH: 'response shorter than its Content-Length',
+  ENETUNREACH: 'network unreachable',
+  EHOSTUNREACH: 'host unreachable',
+}
+
+/** A network error in words a user can act on, with its code: `connection reset (ECONNRESET)`. */
+export function describeNetworkError(e: unknown): string {
+  const code = errorCode(e)
+  const words = code === undefined ? undefined : PLAIN_WORDS[code]
+  if (words !== undefined) return `${words} (${code})`
+  const msg = e instanceof Error && e.message !== '' ? e.message : String(e)
+  return code === undefined || msg.includes(code) ? msg : `${msg} (${code})`
+}
+
 export function isTransientNetworkError(e: unknown): boolean {
   for (let cur: unknown = e, depth = 0; cur !== undefined && cur !== null && depth < 5; depth++) {
     if (typeof cur === 'object' && 'code' in cur && TRANSIENT_CODES.has(String((cur as { code: unknown }).code))) return true

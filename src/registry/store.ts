@@ -2,7 +2,6 @@ import { createHash, type Hash } from 'node:crypto'
 import { createReadStream, promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Readable } from 'node:stream'
-import lockfile from 'proper-lockfile'
 import { removeQuietly, tempPathFor, writeFileAtomic } from '../lib/atomic.js'
 import { registerCleanup } from '../lib/cleanup.js'
 import { BaleError } from '../lib/errors.js'
@@ -24,7 +23,7 @@ import { SHA256_DIGEST } from './reference.js'
  */
 export const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name'
 const INDEX_MEDIA_TYPE = 'application/vnd.oci.image.index.v1+json'
-/** Writes are gathered into 1 MiB before hitting the disk: fewer syscalls than undici's 64 KiB chunks. */
+/** Writes are gathered into 1 MiB batches (one writev each): fewer syscalls than undici's 64 KiB chunks. */
 const WRITE_BATCH = 1024 * 1024
 /**
  * A lock whose holder died (SIGKILL, power loss) is taken over after 10 s: proper-lockfile's
@@ -33,6 +32,11 @@ const WRITE_BATCH = 1024 * 1024
 const LOCK_STALE_MS = 10_000
 /** How long to wait for another bale process that is downloading the same blob: up to ~30 min. */
 const LOCK_RETRIES = { retries: 2000, factor: 1.2, minTimeout: 100, maxTimeout: 1000 }
+
+/** proper-lockfile (and graceful-fs under it), loaded only by the paths that write. */
+async function lockfile(): Promise<typeof import('proper-lockfile')> {
+  return (await import('proper-lockfile')).default
+}
 
 export function hexOf(digest: string): string {
   if (!SHA256_DIGEST.test(digest)) throw new BaleError('E_INPUT', `not a sha256 digest: '${digest}'`, { subject: digest })
@@ -134,11 +138,12 @@ export class OciStore {
     }
     let release: () => Promise<void>
     try {
-      release = await lockfile.lock(partialPath, lockOpts).catch(async (e: unknown) => {
+      const lf = await lockfile()
+      release = await lf.lock(partialPath, lockOpts).catch(async (e: unknown) => {
         if ((e as NodeJS.ErrnoException).code !== 'ELOCKED') throw e
         // Held by another bale, or by one that was killed (taken over once stale): say why we pause.
         onWait?.(`${partialPath}.lock`)
-        return lockfile.lock(partialPath, { ...lockOpts, retries: LOCK_RETRIES })
+        return lf.lock(partialPath, { ...lockOpts, retries: LOCK_RETRIES })
       })
     } catch (e) {
       throw new BaleError('E_STATE', `${partialPath}: could not lock (${(e as Error).message})`, { subject: partialPath, cause: e })
@@ -159,7 +164,7 @@ export class OciStore {
 
   private async withIndexLock<T>(fn: () => Promise<T>): Promise<T> {
     await fs.mkdir(this.ingestDir, { recursive: true })
-    const release = await lockfile.lock(path.join(this.dir, 'index.json'), {
+    const release = await (await lockfile()).lock(path.join(this.dir, 'index.json'), {
       realpath: false,
       lockfilePath: path.join(this.ingestDir, 'index.json.lock'),
       stale: LOCK_STALE_MS,
@@ -216,6 +221,21 @@ export class OciStore {
       await writeFileAtomic(path.join(this.dir, 'index.json'), serializeIndex(entries))
     })
   }
+}
+
+/** The buffers of `bufs` from byte `from` on (after a short writev). */
+function sliceFrom(bufs: Buffer[], from: number): Buffer[] {
+  const out: Buffer[] = []
+  let skip = from
+  for (const b of bufs) {
+    if (skip >= b.length) {
+      skip -= b.length
+      continue
+    }
+    out.push(skip > 0 ? b.subarray(skip) : b)
+    skip = 0
+  }
+  return out
 }
 
 function serializeIndex(manifests: Descriptor[]): string {
@@ -277,12 +297,18 @@ export class PartialBlob {
     let pendingBytes = 0
     const flush = async (): Promise<void> => {
       if (pendingBytes === 0) return
-      const buf = pending.length === 1 ? (pending[0] as Buffer) : Buffer.concat(pending, pendingBytes)
+      const bufs = pending
+      const n = pendingBytes
       pending = []
       pendingBytes = 0
-      await fh.write(buf, 0, buf.length)
-      this.hash.update(buf)
-      this.bytes += buf.length
+      // writev: one syscall for the batch without copying it into one buffer first.
+      let written = 0
+      while (written < n) {
+        const { bytesWritten } = await fh.writev(written === 0 ? bufs : sliceFrom(bufs, written))
+        written += bytesWritten
+      }
+      for (const b of bufs) this.hash.update(b)
+      this.bytes += n
       onBytes(this.bytes)
     }
     try {
