@@ -11,24 +11,27 @@ import { type BundleManifest, MANIFEST_FILE, parseManifest, ROOTFS_FILE, seriali
 import { compressFrame } from './zstd-native.js'
 
 /**
- * Default zstd level for bundles, chosen by bench/zstd-level.ts (run it to re-measure). On a
- * 400 MB ext4 image of real binaries and text, with this writer (8 MiB frames, 2 in flight, the
- * 2-core build machine), 2026-11-23:
- *   level  1:  1.3 s, 35.6%    level 3:  1.9 s, 33.9%    level 6: 4.3 s, 32.7%
- *   level 10:  7.2 s, 31.8%    level 19: ~110 s (extrapolated from 64 MB), 28.6%
- * DESIGN.md's zstd -T2 figures on a Debian image agree in shape (3: 0.67 s 78 MB; 10: 3.5 s
- * 73 MB; 19: 60 s 67 MB). Level 3 costs about a quarter of level 10's time for ~6% more bytes,
- * and the bundle is built far more often than the few percent would matter on a download;
- * levels above 10 cost minutes for single-digit gains. `--level 19` remains for publishing.
+ * Default zstd level for bundles, chosen with bench/zstd-level.ts (run it to re-measure). On a
+ * 481 MiB ext4 image holding 400 MB of /usr/bin and /usr/share, through this writer (8 MiB
+ * frames, 2 in flight), on the 2-core build machine while other jobs loaded it (load ≈ 15: the
+ * seconds are inflated, the ratios between levels are what counts), 2026-11-23:
+ *   level  1:  14.6 s, 172.2 MiB      level  3:  21.9 s, 152.4 MiB      level 6: 37.8 s, 144.6 MiB
+ *   level 10: 109.9 s, 138.4 MiB      level 19: ~1170 s (extrapolated from 16 MiB), ~17% below 3
+ * DESIGN.md's quiet-machine figures (zstd -T2 of a Debian image) have the same shape: level 3
+ * 0.67 s 78 MB, 10: 3.5 s 73 MB, 19: 60 s 67 MB. Level 3 takes a fifth of level 10's time for
+ * ~10% more bytes; level 1 saves a third of the time for 13% more bytes; above 10 costs minutes.
+ * A bundle is written by every make-bundle and catalog build and downloaded far less often, so
+ * the default favours time; `--level 19` is there for publishing.
  */
 export const DEFAULT_ZSTD_LEVEL = 3
 
 /**
  * The tar stream is cut into frames of this many uncompressed bytes, each an independent zstd
- * frame. 8 MiB: well above zstd's window at the levels we use (level 3: 2 MiB … level 10:
- * 8 MiB), so cutting costs under 1% of ratio in the benchmark above; small enough that a few
- * frames in flight (input + output each) stay in tens of MiB whatever the rootfs size; and many
- * frames per rootfs, so that parallel compression and decompression have work to share.
+ * frame. 8 MiB: above zstd's window at the usual levels (level 3: 2 MiB, level 10: 4 MiB), so
+ * cutting costs little ratio — 0.8% against one `zstd -3` stream in the benchmark above; small
+ * enough that the frames in flight (input + output each) stay in tens of MiB whatever the
+ * rootfs size; and many frames per rootfs, so parallel compression and decompression have
+ * work to share.
  */
 export const FRAME_SIZE = 8 * 1024 * 1024
 
