@@ -7,7 +7,7 @@ export default class RuntimeLs extends BaseCommand {
 
   public async run(): Promise<VmSummary[]> {
     await this.parse(RuntimeLs)
-    const vms = await listVms()
+    const vms = await listVms(undefined, (m) => process.stderr.write(`bale: warning: ${m}\n`))
     const table = [['NAME', 'STATUS', 'BUNDLE', 'PID', 'ACCEL', 'PORTS', 'CREATED']]
     for (const v of vms) {
       const status = v.status === 'stopped' && v.exitCode !== null ? `stopped (${v.exitCode})` : v.status

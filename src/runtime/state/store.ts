@@ -100,9 +100,10 @@ export async function listNames(store: StateStore): Promise<string[]> {
   return entries.filter((e) => e.isDirectory() && NAME_RE.test(e.name)).map((e) => e.name).sort()
 }
 
-export async function lockVm(paths: VmPaths, waitMs: number, store: StateStore): Promise<HeldLock> {
+export async function lockVm(paths: VmPaths, waitMs: number): Promise<HeldLock> {
   try {
-    return await acquireLock(paths.lock, { waitMs, what: `VM ${paths.name}`, procfs: store.procfs })
+    // Lock owners are bale processes on this host: always the real /proc, whatever the store observes VMs with.
+    return await acquireLock(paths.lock, { waitMs, what: `VM ${paths.name}` })
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw notFound(paths.name)
     throw e
@@ -188,9 +189,12 @@ export function parseExitLine(text: string): number | null {
  */
 export async function reconcile(store: StateStore, name: string, lockWaitMs: number): Promise<VmView> {
   const paths = vmPaths(store, name)
+  // No record, no lock: creating the lock file would refresh the directory's mtime, by which a
+  // record-less directory is judged abandoned (sweepOrphanDir).
+  if (!(await fs.stat(paths.record).then((st) => st.isFile(), () => false))) throw notFound(name)
   let lock: HeldLock | undefined
   try {
-    lock = await lockVm(paths, lockWaitMs, store)
+    lock = await lockVm(paths, lockWaitMs)
   } catch (e) {
     if (!(e instanceof BaleError) || e.code !== 'E_STATE') throw e
   }
@@ -226,16 +230,47 @@ export async function reconcileLocked(store: StateStore, paths: VmPaths, write: 
   return { paths, record: rec, alive: false, status: 'stopped' }
 }
 
-/** Every VM, reconciled. Directories without a readable record (a boot that died before writing one) are skipped. */
-export async function reconcileAll(store: StateStore): Promise<VmView[]> {
+/**
+ * A VM directory without a record is a boot that died between taking the name and writing the
+ * record, before any QEMU existed (the record precedes the spawn). Removed once older than
+ * this, so a boot still in that window (milliseconds) is never swept.
+ */
+const ORPHAN_DIR_MS = 60_000
+
+/**
+ * Every VM, reconciled. A record that cannot be read is reported through `onProblem` (and
+ * left alone: it may be a newer bale's); record-less directories of dead boots are removed.
+ */
+export async function reconcileAll(store: StateStore, onProblem: (message: string) => void = () => undefined): Promise<VmView[]> {
   const out: VmView[] = []
   for (const name of await listNames(store)) {
     try {
       out.push(await reconcile(store, name, 0))
     } catch (e) {
-      if (e instanceof BaleError && (e.code === 'E_NOT_FOUND' || e.code === 'E_STATE')) continue
-      throw e
+      if (!(e instanceof BaleError)) throw e
+      if (e.code === 'E_NOT_FOUND') await sweepOrphanDir(vmPaths(store, name))
+      else onProblem(e.message)
     }
   }
   return out
+}
+
+async function sweepOrphanDir(paths: VmPaths): Promise<void> {
+  const st = await fs.stat(paths.dir).catch(() => undefined)
+  if (st === undefined || Date.now() - st.mtimeMs < ORPHAN_DIR_MS) return
+  let lock: HeldLock
+  try {
+    lock = await lockVm(paths, 0)
+  } catch {
+    return
+  }
+  try {
+    const hasRecord = await fs.stat(paths.record).then(
+      () => true,
+      () => false,
+    )
+    if (!hasRecord) await fs.rm(paths.dir, { recursive: true, force: true })
+  } finally {
+    await lock.release()
+  }
 }

@@ -90,7 +90,7 @@ export async function bootVm(opts: BootOptions, io: BootIO, rt: RuntimeEnv = def
   const paths = await reserveName(rt.store, opts.name, manifest.name)
   // Until QEMU exists, a signal's default handling (remove registered paths, exit) is right.
   const unregister = registerCleanup(paths.dir)
-  const lock = await lockVm(paths, 0, rt.store)
+  const lock = await lockVm(paths, 0)
   let qemu: SpawnedQemu | undefined
   let fg: ForegroundTail | undefined
   let helloMs: number | null = null
@@ -230,7 +230,7 @@ async function waitForHello(paths: VmPaths, qemu: SpawnedQemu, timeoutMs: number
 }
 
 async function markRunning(paths: VmPaths, rt: RuntimeEnv): Promise<void> {
-  const lock = await lockVm(paths, 5_000, rt.store)
+  const lock = await lockVm(paths, 5_000)
   try {
     const view = await reconcileLocked(rt.store, paths, true)
     if (view.alive && view.record.status === 'starting') await writeRecord(paths.record, { ...view.record, status: 'running' })

@@ -21,8 +21,8 @@ export interface ConsoleSink {
 }
 
 const GUEST_PREFIX = 'bale-init: '
-/** `[` then the spaces, digits and dot of a printk timestamp, before the closing `]`. */
-const PRINTK_PARTIAL = /^\[[ 0-9.]*$/
+/** The start of a printk timestamp: `[`, its spaces, digits and dot, and the `]` before the space that decides. */
+const PRINTK_PARTIAL = /^\[[ 0-9.]*\]?$/
 const PRINTK = /^\[ *[0-9]+\.[0-9]+\] /
 
 type Mode = 'start' | 'pass' | 'guest' | 'kernel'

@@ -21,8 +21,8 @@ export interface VmSummary {
 }
 
 /** Every VM, after reconciling each with /proc (dead ones are marked stopped on the way). */
-export async function listVms(rt: RuntimeEnv = defaultRuntimeEnv()): Promise<VmSummary[]> {
-  const views = await reconcileAll(rt.store)
+export async function listVms(rt: RuntimeEnv = defaultRuntimeEnv(), onProblem?: (message: string) => void): Promise<VmSummary[]> {
+  const views = await reconcileAll(rt.store, onProblem)
   return views.map(({ record: r, status, alive }) => ({
     name: r.name,
     id: r.id,

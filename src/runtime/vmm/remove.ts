@@ -24,7 +24,7 @@ const KILL_MS = 5_000
 export async function removeVm(opts: RemoveOptions, rt: RuntimeEnv = defaultRuntimeEnv()): Promise<RemoveResult> {
   const paths = vmPaths(rt.store, opts.name)
   // A `stop` of this VM may hold the lock for its whole grace period; wait for it.
-  const lock = await lockVm(paths, 30_000, rt.store)
+  const lock = await lockVm(paths, 30_000)
   try {
     const view = await reconcileLocked(rt.store, paths, true)
     requirePhase(opts.force ? 'force-remove' : 'remove', opts.name, view.status)

@@ -39,7 +39,7 @@ export const DEFAULT_GRACE_MS = 10_000
 export async function stopVm(name: string, opts: StopOptions, rt: RuntimeEnv = defaultRuntimeEnv()): Promise<StopResult> {
   const paths = vmPaths(rt.store, name)
   // Wait for the lock as long as a stop may take: another `stop` of the same VM is the usual holder.
-  const lock = await lockVm(paths, opts.graceMs + TEARDOWN_MS + 2 * QUIT_MS, rt.store)
+  const lock = await lockVm(paths, opts.graceMs + TEARDOWN_MS + 2 * QUIT_MS)
   try {
     const view = await reconcileLocked(rt.store, paths, true)
     if (!view.alive) return { name, stoppedBy: 'already-stopped', exitCode: view.record.exit_code }
