@@ -1,0 +1,173 @@
+/**
+ * The ext4 stage: FlatTree → rootfs.ext4, without root and reproducibly.
+ *
+ * 1. plan the size and inode count from the tree (plan.ts);
+ * 2. stage `${staging}/root`: directories, content blobs (hard links kept), symlinks (stage.ts);
+ * 3. mke2fs -d it into the output with a pinned UUID, hash seed, configuration and time (tools.ts);
+ * 4. a read-only debugfs pass lists every directory: the inode numbers of what mke2fs made,
+ *    checked against the tree (names, types, hard links);
+ * 5. one debugfs script sets every inode's owner, full mode, times and xattrs (by inode number)
+ *    and makes devices, fifos and the hard links mke2fs cannot; its output is read for
+ *    failures (debugfs.ts);
+ * 6. e2fsck -fn must find nothing.
+ *
+ * The same tree and options give a bit-identical image: nothing in it comes from the host's
+ * clock, staging inode times, owner, xattrs, mke2fs.conf or directory order.
+ */
+import { constants, promises as fs } from 'node:fs'
+import path from 'node:path'
+import { removeQuietly } from '../../lib/atomic.js'
+import { BaleError, fromSystemError } from '../../lib/errors.js'
+import type { FlatTree, Inode } from '../tree.js'
+import {
+  checkDebugfsOutput,
+  fsTimestamp,
+  debugfsLines,
+  listTreeInodes,
+  listingLines,
+  sortedXattrs,
+  xattrValueFile,
+  type ScriptLine,
+} from './debugfs.js'
+import { BLOCK_SIZE } from './geometry.js'
+import { planExt4, type Ext4Plan } from './plan.js'
+import { stageRoot } from './stage.js'
+import { MKE2FS_CONF, debugfs, e2fsck, mkfs } from './tools.js'
+
+export { debugfsQuote, debugfsScript, MAX_DEBUGFS_LINE_BYTES } from './debugfs.js'
+export { minimumExt4Size, planExt4, type Ext4Plan } from './plan.js'
+
+export interface Ext4Options {
+  /** --size override in bytes; otherwise planned from the tree. */
+  sizeBytes?: number
+  /** Filesystem UUID, derived by the caller from the content digest (reproducible). */
+  uuid: string
+  /** htree hash_seed UUID, same origin. */
+  hashSeed: string
+  /**
+   * Epoch seconds for every filesystem-level time (superblock, crtime, ctime, lost+found);
+   * clamped to what ext4 and e2fsprogs can write reproducibly, 1 (not 0) to year 2446.
+   */
+  timestamp: number
+  label?: string
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+
+/** The volume label is 16 bytes in the superblock; mke2fs would truncate a longer one with a warning. */
+const MAX_LABEL_BYTES = 16
+
+/** Debugfs script lines are written in chunks of about this many characters (a few syscalls, little memory). */
+const SCRIPT_CHUNK = 1 << 16
+
+function checkOptions(opts: Ext4Options): void {
+  if (!UUID.test(opts.uuid)) throw new BaleError('E_USAGE', `ext4 uuid ${JSON.stringify(opts.uuid)}: not a UUID`, { subject: 'uuid' })
+  if (!UUID.test(opts.hashSeed)) throw new BaleError('E_USAGE', `ext4 hash seed ${JSON.stringify(opts.hashSeed)}: not a UUID`, { subject: 'hashSeed' })
+  if (!Number.isFinite(opts.timestamp)) throw new BaleError('E_USAGE', `ext4 timestamp ${opts.timestamp}: not a number of seconds`, { subject: 'timestamp' })
+  if (opts.label !== undefined && (Buffer.byteLength(opts.label) > MAX_LABEL_BYTES || /[\0\n\r]/.test(opts.label))) {
+    throw new BaleError('E_USAGE', `--label ${JSON.stringify(opts.label)}: at most ${MAX_LABEL_BYTES} bytes, one line`, { subject: '--label' })
+  }
+}
+
+/** Write each xattr value to its own file for `ea_set -f` (binary values cannot go on the command line). */
+async function writeXattrValues(tree: FlatTree, dir: string): Promise<void> {
+  await fs.mkdir(dir, { mode: 0o700 })
+  const done = new Set<Inode>()
+  for (const inode of tree.entries.values()) {
+    if (inode.xattrs.size === 0 || done.has(inode)) continue
+    done.add(inode)
+    let i = 0
+    for (const [, value] of sortedXattrs(inode)) await fs.writeFile(xattrValueFile(dir, inode, i++), value, { flag: 'wx', mode: 0o600 })
+  }
+}
+
+/** Run through a script's lines (each is checked as it is made); returns how many there are. */
+function countLines(lines: Iterable<ScriptLine>): number {
+  let n = 0
+  for (const _line of lines) n++
+  return n
+}
+
+async function writeScript(file: string, lines: Iterable<ScriptLine>): Promise<void> {
+  const fh = await fs.open(file, 'wx', 0o600)
+  try {
+    let chunk = ''
+    for (const line of lines) {
+      chunk += `${line.cmd}\n`
+      if (chunk.length >= SCRIPT_CHUNK) {
+        await fh.write(chunk)
+        chunk = ''
+      }
+    }
+    await fh.write(chunk)
+  } finally {
+    await fh.close()
+  }
+}
+
+/**
+ * Build the ext4 image of `tree` at `outPath` (a temporary path the caller renames into place;
+ * it is created or truncated, never followed if it is a symlink, and removed on failure).
+ * Scratch files live in `${staging}/root` and `${staging}/ext4`, both removed before returning.
+ */
+export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Options): Promise<Ext4Plan> {
+  checkOptions(opts)
+  const time = fsTimestamp(opts.timestamp)
+  const plan = planExt4(tree, opts.sizeBytes)
+  const scratch = path.join(tree.staging, 'ext4')
+  const rootDir = path.join(tree.staging, 'root')
+  const xattrDir = path.join(scratch, 'xattrs')
+  await fs.rm(scratch, { recursive: true, force: true })
+  await fs.mkdir(scratch, { mode: 0o700 })
+  let created = false
+  let staged: Awaited<ReturnType<typeof stageRoot>> | undefined
+  try {
+    await writeXattrValues(tree, xattrDir)
+    // Every line by path is the longest form of each command: a path debugfs cannot take fails
+    // here, before any image is made.
+    countLines(debugfsLines(tree, { timestamp: time, xattrDir }))
+
+    // A sparse file of the planned size: mke2fs writes into it and assumes its zeros.
+    const out = await fs.open(outPath, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o644).catch((e: NodeJS.ErrnoException) => {
+      throw new BaleError('E_INPUT', `${outPath}: cannot create the image: ${e.code ?? e.message}`, { subject: outPath, cause: e })
+    })
+    created = true
+    try {
+      await out.truncate(plan.sizeBytes)
+    } finally {
+      await out.close()
+    }
+    staged = await stageRoot(tree, rootDir)
+    const conf = path.join(scratch, 'mke2fs.conf')
+    await fs.writeFile(conf, MKE2FS_CONF, { flag: 'wx', mode: 0o600 })
+    await mkfs({
+      rootDir, out: outPath, blocks: plan.sizeBytes / BLOCK_SIZE, inodes: plan.inodes,
+      uuid: opts.uuid, hashSeed: opts.hashSeed, timestamp: time, label: opts.label,
+      conf, log: path.join(scratch, 'mkfs.log'),
+    })
+    await staged.restore()
+    staged = undefined
+
+    // Read-only pass: the inode number of everything mke2fs made, checked against the tree.
+    const lsScript = path.join(scratch, 'list.debugfs')
+    await writeScript(lsScript, listingLines(tree))
+    const listed = await debugfs({ image: outPath, script: lsScript, write: false, timestamp: time, log: path.join(scratch, 'list.log') })
+    const inodes = await listTreeInodes(tree, listed.output, listed.code)
+
+    const scriptOpts = { timestamp: time, xattrDir, inodes }
+    const script = path.join(scratch, 'attrs.debugfs')
+    await writeScript(script, debugfsLines(tree, scriptOpts))
+    const run = await debugfs({ image: outPath, script, write: true, timestamp: time, log: path.join(scratch, 'attrs.log') })
+    // The expected lines are generated again rather than kept: the script is as long as the tree.
+    await checkDebugfsOutput(run.output, debugfsLines(tree, scriptOpts), run.code)
+
+    await e2fsck(outPath, path.join(scratch, 'e2fsck.log'))
+    return plan
+  } catch (e) {
+    if (created) await removeQuietly(outPath)
+    throw e instanceof BaleError ? e : (fromSystemError(e, tree.staging) ?? e)
+  } finally {
+    if (staged) await staged.restore().catch(() => undefined)
+    await removeQuietly(scratch)
+  }
+}

@@ -1,0 +1,154 @@
+/**
+ * Running e2fsprogs for the ext4 stage: mke2fs with a configuration of our own, debugfs with
+ * its output captured in order, e2fsck. Output goes to a log file under the scratch directory
+ * (stdout and stderr to one descriptor keep debugfs's echo and error lines in order, and a
+ * large script's output is read back as a stream rather than held in memory).
+ */
+import { spawn } from 'node:child_process'
+import { createReadStream, promises as fs } from 'node:fs'
+import { createInterface } from 'node:readline'
+import { BaleError } from '../../lib/errors.js'
+import { BLOCK_SIZE, INODE_SIZE, journalBlocks } from './geometry.js'
+
+/**
+ * mke2fs reads /etc/mke2fs.conf, which differs between distributions and versions (features,
+ * inode size, the "small" and "floppy" types); bale brings its own so that the same e2fsprogs
+ * makes the same image on any host. The features are mke2fs 1.47.0's ext4 defaults.
+ */
+export const MKE2FS_CONF = `[defaults]
+	base_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+	default_mntopts = acl,user_xattr
+	enable_periodic_fsck = 0
+	blocksize = ${BLOCK_SIZE}
+	inode_size = ${INODE_SIZE}
+	inode_ratio = 16384
+
+[fs_types]
+	ext4 = {
+		features = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+	}
+`
+
+/** Host variables that change what e2fsprogs writes or prints; replaced by ours or removed. */
+const E2FS_ENV = /^(MKE2FS_|E2FSPROGS_|E2FSCK_|DEBUGFS_)/
+
+function toolEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {}
+  for (const [k, v] of Object.entries(process.env)) if (!E2FS_ENV.test(k)) env[k] = v
+  // LC_ALL=C: messages we parse are English, and mke2fs -d sorts names bytewise (alphasort is strcoll).
+  return { ...env, ...extra, LC_ALL: 'C' }
+}
+
+/** Run `cmd` with stdout and stderr both appended to `log`; resolves with the exit status. */
+async function runLogged(cmd: string, args: readonly string[], env: NodeJS.ProcessEnv, log: string): Promise<number> {
+  const fh = await fs.open(log, 'w', 0o600)
+  try {
+    return await new Promise<number>((resolve, reject) => {
+      const child = spawn(cmd, args, { env, stdio: ['ignore', fh.fd, fh.fd] })
+      child.on('error', (e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOENT') reject(new BaleError('E_TOOL', `${cmd}: not found on PATH (install e2fsprogs: run the README's set-up command)`, { subject: cmd }))
+        else reject(new BaleError('E_TOOL', `${cmd}: ${e.message}`, { subject: cmd, cause: e }))
+      })
+      child.on('close', (code, sig) => {
+        if (sig) reject(new BaleError('E_TOOL', `${cmd} killed by ${sig}`, { subject: cmd }))
+        else resolve(code ?? 128)
+      })
+    })
+  } finally {
+    await fh.close()
+  }
+}
+
+/** The log's lines, streamed; the file is closed even when the reader stops early. */
+async function* logLines(log: string): AsyncGenerator<string> {
+  const input = createReadStream(log, { encoding: 'utf8' })
+  try {
+    yield* createInterface({ input, crlfDelay: Infinity })
+  } finally {
+    input.destroy()
+  }
+}
+
+/** The first line of `log` that `keep` accepts, for an error message. */
+async function firstLine(log: string, keep: (l: string) => boolean): Promise<string | undefined> {
+  for await (const line of logLines(log)) {
+    const t = line.trim()
+    if (t !== '' && keep(t)) return t
+  }
+  return undefined
+}
+
+export interface MkfsArgs {
+  rootDir: string
+  out: string
+  blocks: number
+  inodes: number
+  uuid: string
+  hashSeed: string
+  timestamp: number
+  label?: string
+  conf: string
+  log: string
+}
+
+/**
+ * mke2fs -d. Reproducible: our configuration file, a fixed UUID and hash seed, every time it
+ * writes (superblock times, crtime, lost+found and root times) from E2FSPROGS_FAKE_TIME, which
+ * libext2fs 1.47.0 honours; no host xattrs copied (a SELinux label on staging would otherwise
+ * land in the image); the output is a file we just created full of zeros, so nothing is
+ * discarded or zeroed and the "zeroed" flags do not depend on the host kernel (/sys lazy_itable_init).
+ */
+export async function mkfs(a: MkfsArgs): Promise<void> {
+  const ext = [`hash_seed=${a.hashSeed}`, 'root_owner=0:0', 'no_copy_xattrs', 'nodiscard', 'assume_storage_prezeroed=1']
+  const args = [
+    '-q', '-F',
+    '-t', 'ext4',
+    '-T', 'default', // no usage type by size ("small", "floppy"): those are not in our configuration
+    '-b', String(BLOCK_SIZE),
+    '-I', String(INODE_SIZE),
+    '-N', String(a.inodes),
+    '-m', '0', // no blocks reserved for root: the free space planned is the VM's, and the VM runs as root
+    '-J', `size=${(journalBlocks(a.blocks) * BLOCK_SIZE) / 2 ** 20}`,
+    '-U', a.uuid,
+    ...(a.label !== undefined ? ['-L', a.label] : []),
+    '-E', ext.join(','),
+    '-d', a.rootDir,
+    a.out,
+    String(a.blocks),
+  ]
+  const env = toolEnv({ MKE2FS_CONFIG: a.conf, E2FSPROGS_FAKE_TIME: String(a.timestamp) })
+  const code = await runLogged('mkfs.ext4', args, env, a.log)
+  if (code !== 0) {
+    const why = (await firstLine(a.log, () => true)) ?? `exit status ${code}`
+    throw new BaleError('E_TOOL', `mkfs.ext4 failed on ${a.out}: ${why}`, { subject: a.out })
+  }
+}
+
+export interface DebugfsArgs {
+  image: string
+  script: string
+  /** Open the image read-write (-w); read-only otherwise. */
+  write: boolean
+  timestamp: number
+  log: string
+}
+
+/** Run the script; returns the exit status and the output lines (echoes and complaints, in order). */
+export async function debugfs(a: DebugfsArgs): Promise<{ code: number; output: AsyncIterable<string> }> {
+  // FAKE_TIME: mknod's inode times and crtime, and the superblock's write time on close.
+  const env = toolEnv({ E2FSPROGS_FAKE_TIME: String(a.timestamp) })
+  const code = await runLogged('debugfs', [...(a.write ? ['-w'] : []), '-f', a.script, a.image], env, a.log)
+  return { code, output: logLines(a.log) }
+}
+
+/** e2fsck's progress and summary lines, which are not complaints. */
+const E2FSCK_NOISE = /^(e2fsck \d|Pass \d|\S+: \d+\/\d+ files)/
+
+/** `e2fsck -fn`: a full read-only check; anything but exit 0 is E_TOOL with its first complaint. */
+export async function e2fsck(image: string, log: string): Promise<void> {
+  const code = await runLogged('e2fsck', ['-fn', image], toolEnv({}), log)
+  if (code !== 0) {
+    const why = (await firstLine(log, (l) => !E2FSCK_NOISE.test(l))) ?? 'no message'
+    throw new BaleError('E_TOOL', `e2fsck -fn ${image}: exit status ${code}: ${why}`, { subject: image })
+  }
+}
