@@ -205,22 +205,22 @@ class PullSession {
     }
     const manifest = current.manifest
 
-    // 3. Config: small, verified again on read, and the source of diff_ids.
-    await this.ensureBlobs([manifest.config], 'config')
+    // 3. Config and layers. When an index chose the platform, the config is fetched together
+    // with the layers (one round trip fewer, which matters on a distant registry); a
+    // single-platform image's config comes first, because it says which platform the image is
+    // and a wrong one must fail before any layer is downloaded.
     const configWhere = `config ${manifest.config.digest} of ${ref.canonical}`
-    const configBytes = await store.readSmallBlob(manifest.config.digest, MAX_CONFIG_BYTES, configWhere)
-    if (configBytes === undefined) throw this.offlineMissing(`config ${manifest.config.digest}`)
-    const config = parseConfigFile(configBytes, configWhere)
-    if (config.rootfs.diff_ids.length !== manifest.layers.length) {
-      throw new BaleError(
-        'E_INPUT',
-        `${ref.canonical}: manifest ${currentDigest} has ${manifest.layers.length} layers but config ${manifest.config.digest} lists ${config.rootfs.diff_ids.length} diff_ids`,
-        { subject: currentDigest },
-      )
+    const readConfig = async (): Promise<ConfigFile> => {
+      const bytes = await store.readSmallBlob(manifest.config.digest, MAX_CONFIG_BYTES, configWhere)
+      if (bytes === undefined) throw this.offlineMissing(`config ${manifest.config.digest}`)
+      return parseConfigFile(bytes, configWhere)
     }
-    if (platform === undefined) platform = this.checkSinglePlatform(config, currentDigest)
-
-    const totalBytes = manifest.layers.reduce((n, l) => n + l.size, 0)
+    let config: ConfigFile | undefined
+    if (platform === undefined) {
+      await this.ensureBlobs([{ desc: manifest.config, role: 'config' }])
+      config = await readConfig()
+      platform = this.checkSinglePlatform(config, currentDigest)
+    }
     this.emit({
       type: 'resolved',
       ref: ref.canonical,
@@ -228,11 +228,35 @@ class PullSession {
       manifestDigest: currentDigest,
       configDigest: manifest.config.digest,
       layers: manifest.layers.length,
-      bytes: totalBytes,
+      bytes: manifest.layers.reduce((n, l) => n + l.size, 0),
     })
-
-    // 4. Layers, in parallel.
-    await this.ensureBlobs(manifest.layers, 'layer')
+    await this.ensureBlobs([
+      ...(config === undefined ? [{ desc: manifest.config, role: 'config' as const }] : []),
+      ...manifest.layers.map((desc) => ({ desc, role: 'layer' as const })),
+    ])
+    if (config === undefined) {
+      config = await readConfig()
+      // The index's word for the platform must agree with the image's own config (a config
+      // without a variant, as older arm images have, is taken at the index's word for it).
+      if (config.os !== undefined && config.architecture !== undefined) {
+        const variant = config.variant || platform.variant
+        const own: Platform = { os: config.os, architecture: config.architecture, ...(variant ? { variant } : {}) }
+        if (!samePlatform(own, platform)) {
+          throw new BaleError(
+            'E_INPUT',
+            `${ref.canonical}: the index lists manifest ${currentDigest} as ${formatPlatform(platform)} but its config ${manifest.config.digest} says ${formatPlatform(own)}`,
+            { subject: currentDigest },
+          )
+        }
+      }
+    }
+    if (config.rootfs.diff_ids.length !== manifest.layers.length) {
+      throw new BaleError(
+        'E_INPUT',
+        `${ref.canonical}: manifest ${currentDigest} has ${manifest.layers.length} layers but config ${manifest.config.digest} lists ${config.rootfs.diff_ids.length} diff_ids`,
+        { subject: currentDigest },
+      )
+    }
 
     // 5. Record the reference only once everything it needs is present.
     if (!opts.offline) await store.tagRef(ref.canonical, topDesc)
@@ -293,11 +317,11 @@ class PullSession {
     return { parsed: parseManifest(bytes, declared, where), size: bytes.length }
   }
 
-  private async ensureBlobs(descs: readonly Descriptor[], role: BlobRole): Promise<void> {
+  private async ensureBlobs(blobs: ReadonlyArray<{ desc: Descriptor; role: BlobRole }>): Promise<void> {
     // The same blob may appear twice (e.g. identical empty layers): fetch it once.
-    const unique = [...new Map(descs.map((d) => [d.digest, d])).values()]
+    const unique = [...new Map(blobs.map((b) => [b.desc.digest, b])).values()]
     const limit = pLimit(this.opts.concurrency)
-    await Promise.all(unique.map((d) => limit(() => this.ensureBlob(d, role))))
+    await Promise.all(unique.map((b) => limit(() => this.ensureBlob(b.desc, b.role))))
   }
 
   private async ensureBlob(desc: Descriptor, role: BlobRole): Promise<void> {

@@ -18,6 +18,8 @@ export type Fault =
   | { kind: 'corrupt'; atByte: number }
   | { kind: 'stall'; afterBytes: number }
   | { kind: 'redirect'; to: string; status?: number }
+  /** Forward, but serve the response with this Content-Type. */
+  | { kind: 'content-type'; value: string }
 
 export interface FaultRule {
   /** Which requests: a predicate on method and path (query included). */
@@ -101,7 +103,7 @@ export async function startFaultProxy(upstream: string, opts: { upstreamAuthoriz
     const headers = { ...req.headers, host: upstream }
     if (opts.upstreamAuthorization !== undefined) headers.authorization = opts.upstreamAuthorization
     const up = http.request({ host: upHost, port: upPort, method, path: p, headers }, (upRes) => {
-      res.writeHead(upRes.statusCode ?? 502, upRes.headers)
+      res.writeHead(upRes.statusCode ?? 502, fault?.kind === 'content-type' ? { ...upRes.headers, 'content-type': fault.value } : upRes.headers)
       let sent = 0
       upRes.on('data', (chunk: Buffer) => {
         let b = chunk

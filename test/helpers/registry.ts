@@ -192,10 +192,27 @@ export async function pushImage(
   registry: string,
   repoTag: string,
   images: FixtureImage[],
-  opts: { index?: boolean; attestation?: boolean; creds?: string } = {},
+  opts: { index?: boolean; attestation?: boolean; creds?: string; lieAboutPlatforms?: Array<FixtureImage['platform']> } = {},
 ): Promise<PushedImage> {
   const dir = await fs.mkdtemp(path.join(workDir, 'layout-'))
-  const res = await writeOciLayout(dir, images, { tag: 'fixture', index: opts.index === true || opts.attestation === true })
+  const res = await writeOciLayout(dir, images, { tag: 'fixture', index: opts.index === true || opts.attestation === true || opts.lieAboutPlatforms !== undefined })
+  if (opts.lieAboutPlatforms !== undefined && res.indexDigest !== undefined) {
+    // Rewrite the index so that its descriptors claim other platforms than the configs say.
+    const indexPath = path.join(dir, 'blobs', 'sha256', res.indexDigest.slice(7))
+    const index = JSON.parse(await fs.readFile(indexPath, 'utf8')) as { manifests: Array<{ platform?: unknown }> }
+    index.manifests.forEach((m, i) => {
+      if (opts.lieAboutPlatforms?.[i] !== undefined) m.platform = opts.lieAboutPlatforms[i]
+    })
+    const data = Buffer.from(JSON.stringify(index))
+    const digest = sha256(data)
+    await fs.writeFile(path.join(dir, 'blobs', 'sha256', digest.slice(7)), data)
+    await fs.rm(indexPath)
+    res.indexDigest = digest
+    await fs.writeFile(
+      path.join(dir, 'index.json'),
+      JSON.stringify({ schemaVersion: 2, mediaType: MEDIA.index, manifests: [{ mediaType: MEDIA.index, digest, size: data.length, annotations: { 'org.opencontainers.image.ref.name': 'fixture' } }] }),
+    )
+  }
   let attestationDigest: string | undefined
   if (opts.attestation === true && res.indexDigest !== undefined) {
     const blob = async (data: Buffer): Promise<{ digest: string; size: number }> => {

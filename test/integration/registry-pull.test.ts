@@ -15,7 +15,8 @@ import { registrySource } from '../../src/pipeline/source/registry.js'
 import { openLayerTar } from '../../src/pipeline/source/layer.js'
 import { pull, type PullEvent } from '../../src/registry/pull.js'
 import { REF_NAME_ANNOTATION } from '../../src/registry/store.js'
-import { type FaultProxy, startFaultProxy } from '../helpers/fault-proxy.js'
+import { type FaultProxy, isManifest, startFaultProxy } from '../helpers/fault-proxy.js'
+import { freePort } from '../helpers/registry.js'
 import { filesLayer, type PushedImage, pushImage, pseudoRandom } from '../helpers/registry.js'
 
 const execFileP = promisify(execFile)
@@ -198,5 +199,46 @@ describe('pull from a real registry', () => {
     expect((err as BaleError).message).toMatch(new RegExp(`^${regs.plain}/pull/single:nope: manifest not found \\(404\\)`))
     const err2 = await pull(`${regs.plain}/pull/absent-repo:v1`, { storeDir: store }).catch((e: unknown) => e)
     expect((err2 as BaleError).code).toBe('E_NOT_FOUND')
+  })
+
+  it('an index whose platform contradicts the image config is refused', async () => {
+    const liar = await pushImage(work, regs.plain, 'pull/liar:v1', [{ platform: { os: 'linux', architecture: 'arm64' }, layers: [filesLayer({ a: 'a\n' }, 'gzip')] }], {
+      lieAboutPlatforms: [{ os: 'linux', architecture: 'amd64' }],
+    })
+    const err = await pull(liar.ref, { storeDir: await newStore() }).catch((e: unknown) => e)
+    expect((err as BaleError).code).toBe('E_INPUT')
+    expect((err as BaleError).message).toBe(
+      `${liar.ref}: the index lists manifest ${liar.manifestDigests[0]} as linux/amd64 but its config ${liar.configDigests[0]} says linux/arm64`,
+    )
+  })
+
+  it('a manifest whose Content-Type contradicts its mediaType is refused', async () => {
+    proxy.reset()
+    proxy.addRule({ match: isManifest, fault: { kind: 'content-type', value: 'application/vnd.oci.image.index.v1+json' } })
+    const err = await pull(`${proxy.address}/pull/single:v1`, { storeDir: await newStore() }).catch((e: unknown) => e)
+    expect((err as BaleError).code).toBe('E_INPUT')
+    expect((err as BaleError).message).toBe(
+      `${proxy.address}/pull/single:v1: mediaType application/vnd.oci.image.manifest.v1+json in the body contradicts application/vnd.oci.image.index.v1+json it was served or described as`,
+    )
+  })
+
+  it('a manifest fetched by digest must hash to that digest', async () => {
+    proxy.reset()
+    proxy.addRule({ match: isManifest, fault: { kind: 'corrupt', atByte: 20 } })
+    const pinned = `${proxy.address}/pull/single@${single.manifestDigests[0]}`
+    const store = await newStore()
+    const err = await pull(pinned, { storeDir: store }).catch((e: unknown) => e)
+    expect((err as BaleError).code).toBe('E_DIGEST')
+    expect((err as BaleError).message).toMatch(new RegExp(`^GET ${proxy.address}/pull/single@${single.manifestDigests[0]}: expected ${single.manifestDigests[0]} got sha256:[0-9a-f]{64}$`))
+    expect(await listBlobs(store)).toEqual([])
+  })
+
+  it('a registry that refuses connections fails at once, without retrying', async () => {
+    const port = await freePort()
+    const t0 = Date.now()
+    const err = await pull(`127.0.0.1:${port}/x/y:z`, { storeDir: await newStore() }).catch((e: unknown) => e)
+    expect((err as BaleError).code).toBe('E_NETWORK')
+    expect((err as BaleError).message).toBe(`GET http://127.0.0.1:${port}/v2/: connection refused (ECONNREFUSED)`)
+    expect(Date.now() - t0).toBeLessThan(2000)
   })
 })
