@@ -11,6 +11,7 @@ import path from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import { BaleError } from '../../src/lib/errors.js'
+import { ociLayoutSource } from '../../src/pipeline/source/oci-layout.js'
 import { registrySource } from '../../src/pipeline/source/registry.js'
 import { openLayerTar } from '../../src/pipeline/source/layer.js'
 import { pull, type PullEvent } from '../../src/registry/pull.js'
@@ -104,6 +105,20 @@ describe('pull from a real registry', () => {
     await pull(single.ref, { storeDir: store })
     const { stdout } = await execFileP('skopeo', ['inspect', '--raw', `oci:${store}:${single.ref}`])
     expect(createHash('sha256').update(stdout).digest('hex')).toBe(single.manifestDigests[0]?.slice(7))
+  })
+
+  it('the store is a valid --oci-layout source, single image or index', async () => {
+    for (const img of [single, multi]) {
+      const store = await newStore()
+      const pulled = await pull(img.ref, { storeDir: store })
+      const viaLayout = await ociLayoutSource(store, { platform: 'linux/amd64' }).resolve()
+      expect(viaLayout.manifestDigest).toBe(pulled.manifestDigest)
+      expect(viaLayout.configDigest).toBe(pulled.configDigest)
+      expect(viaLayout.layers.map((l) => l.digest)).toEqual(pulled.layers.map((l) => l.digest))
+      const viaRegistry = await registrySource(img.ref, { storeDir: store }).resolve()
+      expect(viaRegistry.config).toEqual(viaLayout.config)
+      expect(viaRegistry.layers.map((l) => [l.diffId, l.compression, l.size])).toEqual(viaLayout.layers.map((l) => [l.diffId, l.compression, l.size]))
+    }
   })
 
   it('the registry source serves layers that pass diff_id verification (gzip, uncompressed, zstd)', async () => {
