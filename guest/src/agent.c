@@ -1137,16 +1137,18 @@ int agent_open_vports(void)
 
 int agent_listen(const char *path)
 {
+	/* Bound and listening under a temporary name, then renamed: the path appears only once a
+	 * connect() to it can succeed, so a client that sees it never gets ECONNREFUSED. */
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof a.sun_path)
+	if (snprintf(a.sun_path, sizeof a.sun_path, "%s.%d", path, (int)getpid()) >= (int)sizeof a.sun_path)
 		return -ENAMETOOLONG;
-	strcpy(a.sun_path, path);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
-	(void)unlink(path);
-	if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, MAX_CONNS) < 0) {
+	(void)unlink(a.sun_path);
+	if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, MAX_CONNS) < 0 || rename(a.sun_path, path) < 0) {
 		int e = -errno;
+		(void)unlink(a.sun_path);
 		close(fd);
 		return e;
 	}
