@@ -33,6 +33,7 @@ export default class Pull extends BaseCommand {
     insecure: Flags.boolean({ summary: 'Allow plain HTTP to a non-loopback registry' }),
     offline: Flags.boolean({ summary: 'Use only the local store; make no network request' }),
     refresh: Flags.boolean({ summary: 'Ask the registry what the tag points to now, even if the store has it', exclusive: ['offline'] }),
+    // 32: well past any gain (images rarely have more layers in flight) and below where registries start refusing connections.
     concurrency: Flags.integer({ summary: 'Parallel blob downloads', default: DEFAULT_CONCURRENCY, min: 1, max: 32 }),
     quiet: Flags.boolean({ char: 'q', summary: 'No progress on stderr' }),
   }

@@ -55,7 +55,11 @@ export interface PullOptions {
  * few enough not to trip per-client connection limits at registries and CDNs.
  */
 export const DEFAULT_CONCURRENCY = 3
-/** A blob whose connection keeps dropping but makes progress each time is retried this often in all. */
+/**
+ * A blob whose connection keeps dropping but makes progress each time is retried this often in
+ * all: generous for a flaky link (50 resumes), but bounded, so a server that sends a few bytes
+ * per connection cannot keep a build busy forever.
+ */
 const MAX_TRIES_PER_BLOB = 50
 /** An index pointing at an index is legal; deeper nesting is not something real images do. */
 const MAX_INDEX_DEPTH = 2
