@@ -9,6 +9,7 @@ import {
   direntBytes,
   fileBlocks,
   journalBlocks,
+  keptBlocks,
   metadataBlocks,
   minBlocksForInodes,
 } from './geometry.js'
@@ -141,9 +142,11 @@ export function inodeCount(used: number, blocks: number): number {
  */
 function blocksNeeded(usage: Ext4Usage, total: number, free: number): number {
   const inodes = inodeCount(usage.inodes, total)
-  const meta = metadataBlocks(total, inodes)
-  const journal = journalBlocks(total)
-  return Math.max(usage.blocks + meta + free, meta + journal + 1, minBlocksForInodes(inodes))
+  const kept = keptBlocks(total, inodes)
+  const meta = metadataBlocks(kept, inodes)
+  const journal = journalBlocks(kept)
+  // Blocks mke2fs drops from a small last group are needed on top, since they hold nothing.
+  return Math.max(usage.blocks + meta + free, meta + journal + 1, minBlocksForInodes(inodes)) + (total - kept)
 }
 
 /**
@@ -193,6 +196,8 @@ export function planExt4(tree: FlatTree, sizeOverride?: number): Ext4Plan {
     return { sizeBytes: total * BLOCK_SIZE, inodes: inodeCount(usage.inodes, total), blockSize: BLOCK_SIZE }
   }
   const free = Math.max(Math.ceil(usage.blocks * FREE_RATIO), FREE_MIN_BLOCKS)
-  const total = smallestTotal(usage, free + slack(usage), ROUND_BLOCKS)
+  const rounded = smallestTotal(usage, free + slack(usage), ROUND_BLOCKS)
+  // When mke2fs would drop a small last group, leave it out of the file too (whole groups are whole MiB).
+  const total = keptBlocks(rounded, inodeCount(usage.inodes, rounded))
   return { sizeBytes: total * BLOCK_SIZE, inodes: inodeCount(usage.inodes, total), blockSize: BLOCK_SIZE }
 }
