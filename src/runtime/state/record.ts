@@ -29,6 +29,8 @@ export const vmRecordSchema = z.object({
   status: z.enum(VM_STATUSES),
   bundle: z.object({
     path: z.string(),
+    /** sha256 of the bundle file as booted. */
+    sha256: z.string().regex(/^[0-9a-f]{64}$/),
     name: z.string(),
     version: z.string(),
     /** The rootfs digest: names the read-only base image under imagesDir(). */

@@ -80,7 +80,8 @@ export async function bootVm(opts: BootOptions, io: BootIO, rt: RuntimeEnv = def
   const accel = choice.accel
 
   // Everything that can refuse the bundle does so before QEMU exists: manifest schema, kernel,
-  // and (first boot of this digest) the rootfs's size and sha256 while it is extracted.
+  // and the bundle's bytes (hashed every boot; read through and verified unless these exact
+  // bytes were verified before, see image.ts).
   const manifest = await readBundleManifest(opts.bundle)
   const kernel = await resolveKernel(opts.kernel ?? manifest.kernel_ref, rt.kernels)
   const base = await ensureBaseImage(rt.imagesRoot, opts.bundle, manifest)
@@ -121,7 +122,7 @@ export async function bootVm(opts: BootOptions, io: BootIO, rt: RuntimeEnv = def
       id,
       created: new Date().toISOString(),
       status: 'starting',
-      bundle: { path: opts.bundle, name: manifest.name, version: manifest.version, rootfs_sha256: manifest.rootfs.sha256 },
+      bundle: { path: opts.bundle, sha256: base.bundleSha256, name: manifest.name, version: manifest.version, rootfs_sha256: manifest.rootfs.sha256 },
       kernel: { ref: kernel.ref, vmlinux: kernel.vmlinux, initramfs: kernel.initramfs },
       accel,
       cpus: opts.cpus,
