@@ -33,12 +33,14 @@ interface WalkHandlers {
   onManifest(manifest: BundleManifest, bytes: Buffer): boolean
   /** Receives rootfs.ext4's data and must consume it (after its header size was checked). */
   onRootfs?(data: Readable, manifest: BundleManifest): Promise<void>
+  /** Hash the compressed file as it is read (for the verify report; costs a pass of SHA-256). */
+  hashFile?: boolean
 }
 
 interface WalkResult {
   manifest: BundleManifest
-  /** sha256 hex and size of the compressed file; only complete when the whole bundle was read. */
-  fileSha256: string
+  /** sha256 hex (when `hashFile`) and size of the compressed file; complete only when all of it was read. */
+  fileSha256?: string
   fileSize: number
 }
 
@@ -49,11 +51,11 @@ async function walkBundle(file: string, handlers: WalkHandlers): Promise<WalkRes
   if (!st.isFile()) throw new BaleError('E_INPUT', `${file}: not a regular file`, { subject: file })
 
   const raw = createReadStream(file, { highWaterMark: READ_CHUNK })
-  const fileHash = createHash('sha256')
+  const fileHash = handlers.hashFile === true ? createHash('sha256') : undefined
   let fileSize = 0
   async function* hashed(): AsyncGenerator<Buffer> {
     for await (const chunk of raw as AsyncIterable<Buffer>) {
-      fileHash.update(chunk)
+      fileHash?.update(chunk)
       fileSize += chunk.length
       yield chunk
     }
@@ -109,7 +111,7 @@ async function walkBundle(file: string, handlers: WalkHandlers): Promise<WalkRes
   }
   if (manifest === undefined) throw new BaleError('E_INPUT', `${file}: no ${MANIFEST_FILE} (not a bale bundle)`, { subject: file })
   if (!stopped && index < 2) throw new BaleError('E_INPUT', `${file}: no ${ROOTFS_FILE} member`, { subject: file })
-  return { manifest, fileSha256: fileHash.digest('hex'), fileSize }
+  return { manifest, ...(fileHash === undefined ? {} : { fileSha256: fileHash.digest('hex') }), fileSize }
 }
 
 async function readAll(s: Readable): Promise<Buffer> {
@@ -250,11 +252,12 @@ export async function verifyBundle(file: string): Promise<VerifyReport> {
       onRootfs: async (data, manifest) => {
         rootfs = await receiveRootfs(file, data, manifest, tmp)
       },
+      hashFile: true,
     })
     const checks = ['zstd frames', `tar layout (${MANIFEST_FILE}, ${ROOTFS_FILE})`, 'manifest schema', `${ROOTFS_FILE} size and sha256`]
     await e2fsck(file, tmp)
     checks.push('e2fsck -fn')
-    return { file, sha256: r.fileSha256, size: r.fileSize, manifest: r.manifest, rootfs: rootfs as { sha256: string; size: number }, checks }
+    return { file, sha256: r.fileSha256 as string, size: r.fileSize, manifest: r.manifest, rootfs: rootfs as { sha256: string; size: number }, checks }
   } finally {
     await removeQuietly(work)
     unregister()

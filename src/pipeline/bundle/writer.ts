@@ -127,8 +127,15 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
       await out.write(frame)
     }
     // streamx Readables are async-iterable at run time; tar-stream's types do not say so.
-    for await (const chunk of fixedChunks(pack as unknown as AsyncIterable<Buffer>, FRAME_SIZE)) {
-      const p = compressFrame(chunk, opts.level)
+    // Input buffers are recycled once their frame is compressed: at most concurrency + 1 of
+    // them exist, instead of a fresh 8 MiB per frame left for the garbage collector.
+    const spare: Buffer[] = []
+    const alloc = (): Buffer => spare.pop() ?? Buffer.allocUnsafe(FRAME_SIZE)
+    for await (const chunk of fixedChunks(pack as unknown as AsyncIterable<Buffer>, FRAME_SIZE, alloc)) {
+      const p = compressFrame(chunk, opts.level).then((frame) => {
+        if (chunk.length === FRAME_SIZE) spare.push(chunk)
+        return frame
+      })
       // Observed at once: a failure while an earlier frame is awaited must not go unhandled.
       p.catch(() => undefined)
       inFlight.push(p)
@@ -203,9 +210,12 @@ function drainOrClose(sink: Sink): Promise<void> {
   })
 }
 
-/** Re-cut a byte stream into buffers of exactly `size` bytes (the last may be shorter). */
-export async function* fixedChunks(source: AsyncIterable<Buffer>, size: number): AsyncGenerator<Buffer> {
-  let buf = Buffer.allocUnsafe(size)
+/**
+ * Re-cut a byte stream into buffers of exactly `size` bytes (the last may be shorter). Each
+ * yielded buffer belongs to the consumer; `alloc` provides the next one (possibly recycled).
+ */
+export async function* fixedChunks(source: AsyncIterable<Buffer>, size: number, alloc: () => Buffer = () => Buffer.allocUnsafe(size)): AsyncGenerator<Buffer> {
+  let buf = alloc()
   let fill = 0
   for await (const chunk of source) {
     let off = 0
@@ -216,7 +226,7 @@ export async function* fixedChunks(source: AsyncIterable<Buffer>, size: number):
       off += n
       if (fill === size) {
         yield buf
-        buf = Buffer.allocUnsafe(size)
+        buf = alloc()
         fill = 0
       }
     }

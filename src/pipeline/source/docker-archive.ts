@@ -97,7 +97,9 @@ async function resolveArchive(file: string, want: Platform | undefined): Promise
     const digest = digestFromName(layerName)
     const ociLayer = oci?.layers[i]
     layers.push({
-      ...(digest === undefined ? {} : { digest, size: member.size }),
+      ...(digest === undefined ? {} : { digest }),
+      // Known from the tar header: a member that reads short (the file changed) is caught.
+      size: member.size,
       mediaType: ociLayer?.mediaType ?? DOCKER_LAYER_MEDIA_TYPE,
       // docker save writes plain tars, but docker load accepts compressed ones: look at the bytes.
       compression: 'detect',
