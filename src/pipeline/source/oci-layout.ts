@@ -22,6 +22,13 @@ import {
 import { readCapped, statOr } from './read.js'
 import type { ImageSource, LayerBlob, ResolvedImage } from './types.js'
 
+/**
+ * Index, manifest and config documents read while resolving one image. Real layouts need a
+ * handful (a multi-platform index lists tens of manifests); a hostile index.json listing the
+ * same nested index thousands of times must not turn into gigabytes of reads.
+ */
+const MAX_DOCUMENTS = 512
+
 /** The annotation an OCI layout uses for a tag (image-spec annotations.md). */
 const REF_NAME = 'org.opencontainers.image.ref.name'
 
@@ -177,6 +184,8 @@ async function loadManifest(blobs: BlobReader, desc: Descriptor) {
 
 /** Reads blobs of one layout by digest; the digest is validated before it is joined to a path. */
 class BlobReader {
+  private documents = 0
+
   constructor(readonly dir: string) {}
 
   pathOf(digest: string, what: string): string {
@@ -189,6 +198,9 @@ class BlobReader {
   }
 
   async read(desc: { digest: string; size?: number }, what: string, cap: number): Promise<Buffer> {
+    if (++this.documents > MAX_DOCUMENTS) {
+      throw new BaleError('E_INPUT', `${this.dir}: more than ${MAX_DOCUMENTS} index/manifest/config documents to read for one image`, { subject: this.dir })
+    }
     if (desc.size !== undefined && desc.size > cap) {
       throw new BaleError('E_INPUT', `${this.dir}: ${what} ${desc.digest} is ${desc.size} bytes, over the ${cap}-byte limit`, { subject: desc.digest })
     }

@@ -163,6 +163,19 @@ describe('ociLayoutSource', () => {
     })
   })
 
+  it('hostile-index-fanout: an index listing one nested index thousands of times is refused', async () => {
+    const dir = await tempDir()
+    const w = await writeOciLayout(dir, [amd64, arm64], { index: true })
+    await editJson(path.join(dir, 'index.json'), (v) => {
+      const d = (v as IndexJson).manifests[0]!
+      ;(v as IndexJson).manifests = Array.from({ length: 5000 }, () => d)
+    })
+    const e = await failure(ociLayoutSource(dir, { platform: 'linux/riscv64' }).resolve())
+    expect(e.code).toBe('E_INPUT')
+    expect(e.message).toBe(`${dir}: more than 512 index/manifest/config documents to read for one image`)
+    expect(w.indexDigest).toBeDefined()
+  })
+
   it('a tampered manifest blob fails with E_DIGEST naming its digest', async () => {
     const dir = await tempDir()
     const w = await writeOciLayout(dir, [amd64])
