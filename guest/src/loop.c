@@ -195,10 +195,13 @@ void loop_set_main_failed(int status)
 	main_exited(status);
 }
 
-static void tick(void)
+/* Move the lifecycle on when its condition or deadline is met; 1 if the phase changed (the
+ * next phase may be ready at once, and must not wait for a poll timeout). */
+static int tick(void)
 {
 	int64_t now = now_ms();
 	int late = L.deadline >= 0 && now >= L.deadline;
+	int phase = L.phase;
 	switch (L.phase) {
 	case STOP_MAIN:
 		if (late) {
@@ -223,6 +226,7 @@ static void tick(void)
 			L.phase = DONE;
 		break;
 	}
+	return L.phase != phase;
 }
 
 /* Room for the signalfd plus everything the agent polls (8 connections, 64 sessions x 3). */
@@ -235,7 +239,8 @@ int loop_run(void)
 	while (L.phase != DONE) {
 		int more = agent_progress();
 		agent_flush();
-		tick();
+		while (tick())
+			;
 		if (L.phase == DONE)
 			break;
 		pfd[0] = (struct pollfd){ .fd = L.sfd, .events = POLLIN };

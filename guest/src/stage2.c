@@ -279,40 +279,61 @@ static void setup_network(const char *cmdline, const char *hostname)
 
 /* ---------------------------------------------------------------- teardown */
 
-/* Mount points from /proc/self/mountinfo (field 5, octal escapes undone), in mount order. */
-static char **list_mounts(void)
+/* Undo mountinfo's octal escapes (\040 for a space) in place. */
+static void unescape(char *f)
+{
+	char *o = f;
+	for (char *p = f; *p; p++) {
+		if (p[0] == '\\' && p[1] >= '0' && p[1] <= '3' && p[2] >= '0' && p[2] <= '7' && p[3] >= '0' && p[3] <= '7') {
+			*o++ = (char)((p[1] - '0') << 6 | (p[2] - '0') << 3 | (p[3] - '0'));
+			p += 3;
+		} else {
+			*o++ = *p;
+		}
+	}
+	*o = 0;
+}
+
+/* Mount points of block-device filesystems from /proc/self/mountinfo, in mount order, and
+ * whether "/" is one of them. Virtual filesystems (proc, sysfs, tmpfs...) hold nothing to
+ * write back, and unmounting each costs an RCU grace period, so they are left alone. */
+static char **disk_mounts(int *root_listed)
 {
 	char *buf;
+	*root_listed = 0;
 	/* 1 MiB: thousands of mounts; a VM has a dozen. */
 	if (read_file("/proc/self/mountinfo", 1024 * 1024, &buf, NULL) < 0)
 		return NULL;
 	size_t n = 0, cap = 16;
 	char **v = xmalloc(sizeof(char *) * cap);
 	for (char *save = NULL, *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		char *f = line;
-		for (int i = 0; i < 4 && f; i++) {
-			f = strchr(f, ' ');
-			if (f)
-				f++;
+		/* id parent major:minor root MOUNTPOINT options [optional...] - FSTYPE SOURCE super */
+		char *f[5], *p = line;
+		int k = 0;
+		for (; k < 5 && p; k++) {
+			f[k] = p;
+			p = strchr(p, ' ');
+			if (p)
+				*p++ = 0;
 		}
-		if (!f)
+		char *sep = p ? strstr(p, " - ") : NULL;
+		if (k < 5 || !sep)
 			continue;
-		char *end = strchr(f, ' ');
-		if (end)
-			*end = 0;
-		char *o = f;
-		for (char *p = f; *p; p++) {
-			if (p[0] == '\\' && p[1] >= '0' && p[1] <= '3' && p[2] >= '0' && p[2] <= '7' && p[3] >= '0' && p[3] <= '7') {
-				*o++ = (char)((p[1] - '0') << 6 | (p[2] - '0') << 3 | (p[3] - '0'));
-				p += 3;
-			} else {
-				*o++ = *p;
-			}
+		char *source = strchr(sep + 3, ' ');
+		if (!source)
+			continue;
+		source++;
+		char *mp = f[4];
+		unescape(mp);
+		if (strncmp(source, "/dev/", 5) != 0)
+			continue;
+		if (strcmp(mp, "/") == 0) {
+			*root_listed = 1;
+			continue;
 		}
-		*o = 0;
 		if (n + 1 >= cap)
 			v = xrealloc(v, sizeof(char *) * (cap *= 2));
-		v[n++] = xstrdup(f);
+		v[n++] = xstrdup(mp);
 	}
 	v[n] = NULL;
 	free(buf);
@@ -322,21 +343,16 @@ static char **list_mounts(void)
 static void teardown_mounts(void)
 {
 	sync();
-	char **m = list_mounts();
-	int root_listed = 0;
-	size_t n = strv_len(m);
-	/* Innermost first; "/" cannot be unmounted while we run from it: make it read-only, which
-	 * on ext4 also writes back and closes the journal, so the disk is clean at power-off. */
-	for (size_t i = n; i-- > 0;) {
-		if (strcmp(m[i], "/") == 0) {
-			root_listed = 1;
-			continue;
-		}
+	int root_listed;
+	char **m = disk_mounts(&root_listed);
+	/* Innermost first. */
+	for (size_t i = strv_len(m); i-- > 0;)
 		(void)umount2(m[i], MNT_DETACH);
-	}
 	strv_free(m);
-	/* Only when "/" is a mount of its own: in a test's chroot it is a directory of the host's
-	 * filesystem, whose superblock must not be touched. */
+	/* "/" cannot be unmounted while we run from it: make it read-only, which on ext4 also
+	 * writes back and closes the journal, so the disk is clean at power-off. Only when "/" is
+	 * a mount of its own: in a test's chroot it is a directory of the host's filesystem,
+	 * whose superblock must not be touched. */
 	if (root_listed && mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL) < 0 && errno != EBUSY)
 		say("remount / read-only: %s", strerror(errno));
 	sync();
@@ -454,6 +470,7 @@ int stage2_main(const struct stage2_opts *o)
 	ensure_std_fds();
 	if (!o->no_system)
 		mount_system();
+	int64_t t_mounted = now_ms();
 	/* Without system duties we are on a host: never its /dev/console unless asked. */
 	g_console_fd = open_console(o->console ? o->console : o->no_system ? "-" : NULL);
 
@@ -464,7 +481,7 @@ int stage2_main(const struct stage2_opts *o)
 		cmdline = xstrdup("");
 	char flag[64];
 	g_debug = cmdline_get(cmdline, "bale.debug", flag, sizeof flag) != NULL;
-	debug("stage 2 at %lld ms", (long long)now_ms());
+	debug("stage 2 mounts done at %lld ms", (long long)t_mounted);
 	int agent_only = o->agent_only ||
 			 (cmdline_get(cmdline, "bale.main", flag, sizeof flag) && strcmp(flag, "none") == 0);
 
@@ -483,6 +500,7 @@ int stage2_main(const struct stage2_opts *o)
 		if (sethostname(hostname, strlen(hostname)) < 0)
 			say("hostname %s: %s", hostname, strerror(errno));
 		setup_network(cmdline, hostname);
+		debug("network at %lld ms", (long long)now_ms());
 	}
 
 	int e = loop_init(pid1, !pid1);
@@ -521,8 +539,10 @@ int stage2_main(const struct stage2_opts *o)
 	int status = 0, code = 0;
 	if (lifecycle_main_status(&status))
 		code = WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+	debug("shutdown sequence done at %lld ms", (long long)now_ms());
 	if (pid1 && !o->no_system)
 		teardown_mounts();
+	debug("unmounted at %lld ms", (long long)now_ms());
 	if (pid1 && !o->no_poweroff)
 		power_off();
 	free(cmdline);
