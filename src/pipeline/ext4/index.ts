@@ -31,7 +31,7 @@ import {
 } from './debugfs.js'
 import { BLOCK_SIZE } from './geometry.js'
 import { planExt4, type Ext4Plan } from './plan.js'
-import { stageRoot } from './stage.js'
+import { stageRoot, type StagedRoot } from './stage.js'
 import { MKE2FS_CONF, debugfs, e2fsck, mkfs } from './tools.js'
 
 export { debugfsQuote, debugfsScript, MAX_DEBUGFS_LINE_BYTES } from './debugfs.js'
@@ -120,7 +120,7 @@ export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Optio
   await fs.rm(scratch, { recursive: true, force: true })
   await fs.mkdir(scratch, { mode: 0o700 })
   let created = false
-  let staged: Awaited<ReturnType<typeof stageRoot>> | undefined
+  let staged: StagedRoot | undefined
   try {
     await writeXattrValues(tree, xattrDir)
     // Every line by path is the longest form of each command: a path debugfs cannot take fails
@@ -137,7 +137,7 @@ export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Optio
     } finally {
       await out.close()
     }
-    staged = await stageRoot(tree, rootDir)
+    staged = stageRoot(tree, rootDir)
     const conf = path.join(scratch, 'mke2fs.conf')
     await fs.writeFile(conf, MKE2FS_CONF, { flag: 'wx', mode: 0o600 })
     await mkfs({
@@ -145,7 +145,7 @@ export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Optio
       uuid: opts.uuid, hashSeed: opts.hashSeed, timestamp: time, label: opts.label,
       conf, log: path.join(scratch, 'mkfs.log'),
     })
-    await staged.restore()
+    staged.restore()
     staged = undefined
 
     // Read-only pass: the inode number of everything mke2fs made, checked against the tree.
@@ -167,7 +167,11 @@ export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Optio
     if (created) await removeQuietly(outPath)
     throw e instanceof BaleError ? e : (fromSystemError(e, tree.staging) ?? e)
   } finally {
-    if (staged) await staged.restore().catch(() => undefined)
+    try {
+      staged?.restore()
+    } catch {
+      // Already failing: the first error is the one to report.
+    }
     await removeQuietly(scratch)
   }
 }

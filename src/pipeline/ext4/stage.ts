@@ -10,25 +10,27 @@
  *   `${staging}/blobs/<ino>` into place and renamed back afterwards: mke2fs 1.47.0 looks every
  *   file with st_nlink > 1 up in a linear list of hard links (quadratic over a tree of blobs
  *   that are all linked twice). A file with several names is hard-linked from its blob under each
- *   name, and mke2fs -d gives those names one inode. Blobs are made readable by their owner (an
- *   image's mode 0000 file) — the image mode again comes from debugfs;
+ *   name, and mke2fs -d gives those names one inode. A blob its owner cannot read (an image's
+ *   mode 0000 file) is made 0644 — the image mode again comes from debugfs;
  * - symlinks: the first name only (mke2fs -d copies a hard-linked symlink as separate inodes;
  *   debugfs `ln` adds the others);
  * - devices and fifos: not at all (no mknod without root); debugfs makes them.
  */
-import { constants, promises as fs } from 'node:fs'
+import { chmodSync, closeSync, constants, lstatSync, linkSync, mkdirSync, openSync, renameSync, rmSync, symlinkSync } from 'node:fs'
 import { BaleError, fromSystemError } from '../../lib/errors.js'
 import { blobPath, linkCounts, type FlatTree, type Inode } from '../tree.js'
 import { sortedPaths } from './debugfs.js'
 
-/** Blobs must be readable for mke2fs; 0644 is what a plain file gets (its image mode is set later). */
+/** Blobs must be readable by their owner for mke2fs; 0644 is what a plain file gets (its image mode is set later). */
 const STAGED_FILE_MODE = 0o644
 /** Staged directories: ours, listable and searchable so mke2fs can walk them unprivileged. */
 const STAGED_DIR_MODE = 0o755
+/** What mke2fs needs of a staged directory (owner read, write for our own links, search). */
+const OWNER_RWX = 0o700
 
 export interface StagedRoot {
   /** Rename single-name blobs back to `${staging}/blobs` and remove the staged root. */
-  restore(): Promise<void>
+  restore(): void
 }
 
 function stageError(e: unknown, where: string): BaleError {
@@ -41,41 +43,50 @@ function stageError(e: unknown, where: string): BaleError {
   return new BaleError('E_TOOL', `${where}: staging for mkfs: ${msg}`, { subject: where, cause: e })
 }
 
-/** The blob of a regular file, created empty when flatten wrote none for an empty file. */
-async function ensureBlob(tree: FlatTree, inode: Inode, where: string): Promise<string> {
+/** The blob of a regular file, checked and made readable; created empty when flatten wrote none for an empty file. */
+function ensureBlob(tree: FlatTree, inode: Inode, where: string): string {
   const blob = blobPath(tree, inode)
   if (inode.size === 0) {
     // O_EXCL|O_NOFOLLOW: create if absent, never through a link; an existing blob is kept.
-    const fh = await fs.open(blob, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, STAGED_FILE_MODE).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'EEXIST') return undefined
-      throw e
-    })
-    await fh?.close()
+    try {
+      closeSync(openSync(blob, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, STAGED_FILE_MODE))
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
+    }
   }
-  const st = await fs.lstat(blob)
+  const st = lstatSync(blob)
   if (!st.isFile()) throw new BaleError('E_INPUT', `${where}: content blob ${blob} is not a regular file`, { subject: where })
   if (st.size !== inode.size) throw new BaleError('E_INPUT', `${where}: content blob has ${st.size} bytes, the tree says ${inode.size}`, { subject: where })
-  await fs.chmod(blob, STAGED_FILE_MODE)
+  if ((st.mode & 0o400) === 0) chmodSync(blob, STAGED_FILE_MODE)
   return blob
 }
 
-/** Build `rootDir` from the tree (see the module comment). `rootDir` must be inside the staging directory. */
-export async function stageRoot(tree: FlatTree, rootDir: string): Promise<StagedRoot> {
+/**
+ * Build `rootDir` from the tree (see the module comment). `rootDir` must be inside the staging
+ * directory. The work is a few syscalls per entry, done synchronously: through the thread pool
+ * each would cost a round trip, and the stage has nothing to do meanwhile.
+ */
+export function stageRoot(tree: FlatTree, rootDir: string): StagedRoot {
   const counts = linkCounts(tree)
   const renamed: Array<[string, string]> = []
   const staged = new Set<Inode>()
-  const restore = async (): Promise<void> => {
+  const restore = (): void => {
     let failure: unknown
     for (const [blob, dest] of renamed.splice(0)) {
-      await fs.rename(dest, blob).catch((e: unknown) => {
+      try {
+        renameSync(dest, blob)
+      } catch (e) {
         failure ??= stageError(e, dest)
-      })
+      }
     }
-    await fs.rm(rootDir, { recursive: true, force: true })
+    rmSync(rootDir, { recursive: true, force: true })
     if (failure !== undefined) throw failure
   }
-  await fs.rm(rootDir, { recursive: true, force: true })
-  await fs.mkdir(rootDir, { mode: STAGED_DIR_MODE })
+  rmSync(rootDir, { recursive: true, force: true })
+  mkdirSync(rootDir, { mode: STAGED_DIR_MODE })
+  // mkdir's mode passes through the umask: if it takes owner bits, every directory needs a chmod.
+  const chmodDirs = (lstatSync(rootDir).mode & OWNER_RWX) !== OWNER_RWX
+  if (chmodDirs) chmodSync(rootDir, STAGED_DIR_MODE)
   try {
     for (const p of sortedPaths(tree)) {
       if (p === '') continue
@@ -86,25 +97,24 @@ export async function stageRoot(tree: FlatTree, rootDir: string): Promise<Staged
       try {
         switch (inode.kind) {
           case 'dir':
-            await fs.mkdir(dest, { mode: STAGED_DIR_MODE })
-            // mkdir's mode is filtered by the umask; chmod is not.
-            await fs.chmod(dest, STAGED_DIR_MODE)
+            mkdirSync(dest, { mode: STAGED_DIR_MODE })
+            if (chmodDirs) chmodSync(dest, STAGED_DIR_MODE)
             break
           case 'file': {
-            const blob = await (staged.has(inode) ? blobPath(tree, inode) : ensureBlob(tree, inode, where))
+            const blob = staged.has(inode) ? blobPath(tree, inode) : ensureBlob(tree, inode, where)
             staged.add(inode)
             if ((counts.get(inode) ?? 1) === 1) {
-              await fs.rename(blob, dest)
+              renameSync(blob, dest)
               renamed.push([blob, dest])
             } else {
-              await fs.link(blob, dest)
+              linkSync(blob, dest)
             }
             break
           }
           case 'symlink':
             if (staged.has(inode)) break
             staged.add(inode)
-            await fs.symlink(inode.linkTarget ?? '', dest)
+            symlinkSync(inode.linkTarget ?? '', dest)
             break
           case 'char':
           case 'block':
@@ -116,7 +126,11 @@ export async function stageRoot(tree: FlatTree, rootDir: string): Promise<Staged
       }
     }
   } catch (e) {
-    await restore().catch(() => undefined)
+    try {
+      restore()
+    } catch {
+      // The staging error is the one to report; staging is removed with the build anyway.
+    }
     throw e
   }
   return { restore }
