@@ -2,7 +2,7 @@
 // kernel (scripts/fetch-kernel.sh + `bale kernel import`), the guest init built from guest/, and
 // the demo bundle made by `bale make-bundle` from fixtures/demo. Everything lives under a temp
 // BALE_DATA_DIR; every VM started here is stopped, and the suite checks that no QEMU is left.
-import { execFileSync, spawnSync } from 'node:child_process'
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { copyFileSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeSync, closeSync, statSync } from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
@@ -179,6 +179,34 @@ describe('bale runtime (TCG, real QEMU and kernel)', () => {
     expect(row).toMatchObject({ status: 'stopped', exitCode: 7 })
     expect(qemuPids(row!.id)).toEqual([])
     await ok(['runtime', 'rm', 'fg'])
+  })
+
+  it('foreground Ctrl-C: the first is forwarded to the entrypoint, the second stops the VM', async () => {
+    const record = path.join(env.BALE_DATA_DIR, 'vms', 'ctrlc', 'vm.json')
+    const script = 'trap "echo got-INT" INT; echo ready; while :; do sleep 1; done'
+    const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'run.js'), 'runtime', 'boot', bundle, '--name', 'ctrlc', '--entrypoint', '/bin/sh', '--', '-c', script], {
+      env: { ...process.env, CI: 'true', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let out = ''
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()))
+    child.stderr.on('data', () => undefined)
+    const closed = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)))
+    const until = async (what: string, cond: () => boolean): Promise<void> => {
+      for (let i = 0; !cond(); i++) {
+        if (i > 1200) throw new Error(`timed out waiting for ${what}`)
+        await new Promise((r) => setTimeout(r, 100))
+      }
+    }
+    await until('the agent hello', () => existsSync(record) && readFileSync(record, 'utf8').includes('"status": "running"') && out.includes('ready'))
+    child.kill('SIGINT')
+    await until('the trap to run', () => out.includes('got-INT'))
+    child.kill('SIGINT')
+    expect(await closed).toBe(143) // the stop's SIGTERM ended the shell
+    const row = await vm('ctrlc')
+    expect(row).toMatchObject({ status: 'stopped', exitCode: 143 })
+    expect(qemuPids(row!.id)).toEqual([])
+    await ok(['runtime', 'rm', 'ctrlc'])
   })
 
   it('rm --force kills a running VM and removes it', async () => {

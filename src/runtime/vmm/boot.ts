@@ -166,7 +166,7 @@ export async function bootVm(opts: BootOptions, io: BootIO, rt: RuntimeEnv = def
       await fg?.done
       if ((fg?.exitCode() ?? (await exitCodeFromConsole(paths.consoleLog))) === null) {
         const why = (await lastQemuMessage(paths.qemuLog)) ?? `the guest stopped before its agent answered; see ${paths.consoleLog}`
-        throw new BaleError('E_VM', `VM ${paths.name}: QEMU exited during boot (${describeExit(await qemu.exited)}): ${why}`, { subject: paths.name })
+        throw publishConflict(why, opts.ports) ?? new BaleError('E_VM', `VM ${paths.name}: QEMU exited during boot (${describeExit(await qemu.exited)}): ${why}`, { subject: paths.name })
       }
       helloMs = null
     } else {
@@ -297,6 +297,18 @@ async function signalMain(paths: VmPaths, sig: NodeJS.Signals): Promise<void> {
   } finally {
     client.close()
   }
+}
+
+/**
+ * QEMU's message for a host port it cannot bind (`Could not set up host forwarding rule
+ * 'tcp:127.0.0.1:8080-:80'`), said in terms of the --publish flag that asked for it.
+ */
+export function publishConflict(qemuMessage: string, ports: readonly PortMapping[]): BaleError | undefined {
+  const m = /Could not set up host forwarding rule '(tcp|udp):([^:']*):(\d+)-/.exec(qemuMessage)
+  if (!m) return undefined
+  const p = ports.find((x) => x.protocol === m[1] && x.hostIp === m[2] && String(x.hostPort) === m[3])
+  const spec = p ? `${p.hostIp}:${p.hostPort}:${p.guestPort}/${p.protocol}` : `${m[2]}:${m[3]}`
+  return new BaleError('E_STATE', `--publish ${spec}: host port ${m[2]}:${m[3]}/${m[1]} cannot be bound (already in use?)`, { subject: '--publish' })
 }
 
 function describeExit(e: { code: number | null; signal: NodeJS.Signals | null }): string {

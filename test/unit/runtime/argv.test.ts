@@ -109,3 +109,13 @@ describe('kernel command line', () => {
     expect(() => kernelCmdline({ accel: 'kvm', hostname: 'web', run })).toThrow(/over the kernel's 2047.*bale runtime exec/)
   })
 })
+
+describe('publish conflicts', () => {
+  it('QEMU\'s hostfwd failure is reported as the --publish flag that asked for it', async () => {
+    const { publishConflict } = await import('../../../src/runtime/vmm/boot.js')
+    const ports = parsePublishes(['18181:8080'])
+    const e = publishConflict("qemu-system-x86_64: -netdev user,id=net0,hostfwd=tcp:127.0.0.1:18181-:8080: Could not set up host forwarding rule 'tcp:127.0.0.1:18181-:8080'", ports)
+    expect(e?.message).toBe('--publish 127.0.0.1:18181:8080/tcp: host port 127.0.0.1:18181/tcp cannot be bound (already in use?)')
+    expect(publishConflict('qemu-system-x86_64: something else', ports)).toBeUndefined()
+  })
+})
