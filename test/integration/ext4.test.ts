@@ -20,6 +20,9 @@ const OPTS: Ext4Options = {
   label: 'bale-test',
 }
 
+// system.posix_acl_access as the VFS (and tar SCHILY.xattr) carries it: version 2, then
+// user::rwx, group::r-x, other::r-x as (tag u16, perm u16, id u32) entries.
+const ACL = Buffer.from([2, 0, 0, 0, 1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, 4, 0, 5, 0, 0xff, 0xff, 0xff, 0xff, 0x20, 0, 5, 0, 0xff, 0xff, 0xff, 0xff])
 // security.capability v2 (cap_net_raw+ep): magic 0x02000001 little-endian, permitted bit 13, inheritable 0.
 const CAP_NET_RAW = Buffer.from([0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
 const BIG = Buffer.alloc(300_000)
@@ -51,6 +54,7 @@ async function richTree(staging: string): Promise<TreeBuilder> {
   b.dir('home/user', { uid: 1000, gid: 1000, mode: 0o750 })
   await b.file('home/user/notes', 'mine\n', { uid: 1000, gid: 1000, mtime: 1_234_567_890, xattrs: { 'user.test': 'hello xattr' } })
   await b.file('nobody', 'nobody\n', { uid: 65534, gid: 65534 })
+  await b.file('acl-file', 'acl\n', { mode: 0o755, xattrs: { 'system.posix_acl_access': ACL } })
   await b.file('future', 'after 2038\n', { mtime: 4_102_444_800 })
   await b.file('epoch', 'at 0\n', { mtime: 0 })
   b.dir('data')
@@ -198,6 +202,12 @@ describe('ext4 image of a rich tree, read back with debugfs', () => {
     expect(xattr(image, '/home/user/notes', 'user.test', tmp).toString()).toBe('hello xattr')
     expect(xattr(image, '/usr/bin/ping', 'security.capability', tmp).equals(CAP_NET_RAW)).toBe(true)
     expect(xattr(image, '/names', 'user.on-a-dir', tmp).toString()).toBe('dir value')
+  })
+
+  it('stores a POSIX ACL in the ext4 on-disk format (debugfs converts the VFS form)', () => {
+    // ea_list shows the on-disk value: version 1, then short entries without ids for the base tags.
+    const list = debugfs(image, 'ea_list /acl-file')
+    expect(list).toContain('system.posix_acl_access (16) = 01 00 00 00 01 00 07 00 04 00 05 00 20 00 05 00')
   })
 
   it('handles names with spaces, quotes, tabs, <2>, a leading dash, unicode and 40-level paths', () => {

@@ -14,11 +14,11 @@
  *   0 ≤ EPOCH < 2^34 - 2^31 parses correctly (no negative values, silent wrap above);
  * - each command is echoed as `debugfs: <line>` before it runs, errors follow on their own
  *   lines in order (stdout and stderr to one file keep the order), mknod prints `Allocated inode: N`;
- * - a path is looked up by scanning each directory's blocks (libext2fs has no htree lookup), so
- *   commands on a path in a directory of thousands of entries cost thousands of block reads.
- *   The build therefore lists every directory once (`ls -p`, which prints raw names) and
- *   addresses the inodes mke2fs made by number; only devices, fifos and extra symlink names,
- *   which debugfs itself creates, are addressed by path.
+ * - a path is looked up by iterating over each directory's blocks, so commands by path in a
+ *   wide directory are slow (measured: 30k `sif` lines on 5000 names of one directory, 27 s by
+ *   path, 0.55 s by inode number). The build therefore lists every directory once (`ls -p`,
+ *   which prints raw names) and addresses the inodes mke2fs made by number; only devices, fifos
+ *   and extra symlink names, which debugfs itself creates, are addressed by path.
  */
 import path from 'node:path'
 import { BaleError } from '../../lib/errors.js'

@@ -114,8 +114,11 @@ export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Optio
   checkOptions(opts)
   const time = fsTimestamp(opts.timestamp)
   const plan = planExt4(tree, opts.sizeBytes)
-  const scratch = path.join(tree.staging, 'ext4')
-  const rootDir = path.join(tree.staging, 'root')
+  // Absolute paths: a relative one starting with '-' would be an option to mke2fs or debugfs.
+  const out = path.resolve(outPath)
+  const staging = path.resolve(tree.staging)
+  const scratch = path.join(staging, 'ext4')
+  const rootDir = path.join(staging, 'root')
   const xattrDir = path.join(scratch, 'xattrs')
   await fs.rm(scratch, { recursive: true, force: true })
   await fs.mkdir(scratch, { mode: 0o700 })
@@ -128,20 +131,20 @@ export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Optio
     countLines(debugfsLines(tree, { timestamp: time, xattrDir }))
 
     // A sparse file of the planned size: mke2fs writes into it and assumes its zeros.
-    const out = await fs.open(outPath, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o644).catch((e: NodeJS.ErrnoException) => {
+    const fh = await fs.open(out, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o644).catch((e: NodeJS.ErrnoException) => {
       throw new BaleError('E_INPUT', `${outPath}: cannot create the image: ${e.code ?? e.message}`, { subject: outPath, cause: e })
     })
     created = true
     try {
-      await out.truncate(plan.sizeBytes)
+      await fh.truncate(plan.sizeBytes)
     } finally {
-      await out.close()
+      await fh.close()
     }
     staged = stageRoot(tree, rootDir)
     const conf = path.join(scratch, 'mke2fs.conf')
     await fs.writeFile(conf, MKE2FS_CONF, { flag: 'wx', mode: 0o600 })
     await mkfs({
-      rootDir, out: outPath, blocks: plan.sizeBytes / BLOCK_SIZE, inodes: plan.inodes,
+      rootDir, out, blocks: plan.sizeBytes / BLOCK_SIZE, inodes: plan.inodes,
       uuid: opts.uuid, hashSeed: opts.hashSeed, timestamp: time, label: opts.label,
       conf, log: path.join(scratch, 'mkfs.log'),
     })
@@ -151,21 +154,21 @@ export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Optio
     // Read-only pass: the inode number of everything mke2fs made, checked against the tree.
     const lsScript = path.join(scratch, 'list.debugfs')
     await writeScript(lsScript, listingLines(tree))
-    const listed = await debugfs({ image: outPath, script: lsScript, write: false, timestamp: time, log: path.join(scratch, 'list.log') })
+    const listed = await debugfs({ image: out, script: lsScript, write: false, timestamp: time, log: path.join(scratch, 'list.log') })
     const inodes = await listTreeInodes(tree, listed.output, listed.code)
 
     const scriptOpts = { timestamp: time, xattrDir, inodes }
     const script = path.join(scratch, 'attrs.debugfs')
     await writeScript(script, debugfsLines(tree, scriptOpts))
-    const run = await debugfs({ image: outPath, script, write: true, timestamp: time, log: path.join(scratch, 'attrs.log') })
+    const run = await debugfs({ image: out, script, write: true, timestamp: time, log: path.join(scratch, 'attrs.log') })
     // The expected lines are generated again rather than kept: the script is as long as the tree.
     await checkDebugfsOutput(run.output, debugfsLines(tree, scriptOpts), run.code)
 
-    await e2fsck(outPath, path.join(scratch, 'e2fsck.log'))
+    await e2fsck(out, path.join(scratch, 'e2fsck.log'))
     return plan
   } catch (e) {
-    if (created) await removeQuietly(outPath)
-    throw e instanceof BaleError ? e : (fromSystemError(e, tree.staging) ?? e)
+    if (created) await removeQuietly(out)
+    throw e instanceof BaleError ? e : (fromSystemError(e, staging) ?? e)
   } finally {
     try {
       staged?.restore()
