@@ -3,12 +3,13 @@ import { promises as fs } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { registerCleanup } from '../lib/cleanup.js'
+import { isBaleError } from '../lib/errors.js'
 import type { BundleManifest } from './bundle/manifest.js'
 import { writeBundle } from './bundle/writer.js'
 import { buildExt4 } from './ext4/index.js'
 import { applyLayer, createTree } from './flatten/index.js'
 import { injectGuest } from './inject/index.js'
-import { openLayerTar } from './source/layer.js'
+import { openLayerTar, storedBytesMismatch } from './source/layer.js'
 import type { ImageSource, ResolvedImage } from './source/types.js'
 import { blobPath, type FlatTree } from './tree.js'
 
@@ -61,7 +62,9 @@ export async function makeBundle(opts: MakeBundleOptions, onEvent: (e: MakeBundl
       const { tar, digests } = await openLayerTar(blob, label)
       // Attach a handler now: if flatten fails first, the digest promise must not reject unobserved.
       digests.catch(() => undefined)
-      const stats = await applyLayer(tree, tar, { index, label })
+      const stats = await applyLayer(tree, tar, { index, label }).catch(async (e: unknown) => {
+        throw (isBaleError(e) && e.code === 'E_DIGEST' ? undefined : await storedBytesMismatch(blob, label)) ?? e
+      })
       const d = await digests
       layerRecords.push({ digest: blob.digest, diff_id: d.diffId, media_type: blob.mediaType, size: blob.size ?? d.size })
       onEvent({ stage: 'layer', index, total: image.layers.length, digest: blob.digest, entries: stats.entries, bytes: stats.bytes })

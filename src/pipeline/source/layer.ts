@@ -327,6 +327,23 @@ function describeDecompressError(err: Error): string {
   return `corrupt zstd data: ${err.message.replace(/^zstd: /, '')}`
 }
 
+/**
+ * When a consumer (flatten) fails on a layer, was it the stored bytes? A corrupt byte in a zstd
+ * or uncompressed layer can decode "successfully" into a tar that flatten rejects before the
+ * stored digest is checked at the end; re-hashing names the real cause (E_DIGEST) instead.
+ * Undefined when the blob has no digest or its bytes match.
+ */
+export async function storedBytesMismatch(blob: LayerBlob, label: string): Promise<BaleError | undefined> {
+  if (blob.digest === undefined) return undefined
+  try {
+    const alg = algorithmOf(blob.digest, label)
+    const { digest, bytes } = await hashFresh(blob, alg)
+    return storedMismatch(label, blob.digest, blob.size, digest, bytes)
+  } catch {
+    return undefined // cannot re-read (e.g. stdin): keep the consumer's own error
+  }
+}
+
 async function hashFresh(blob: LayerBlob, alg: string | undefined): Promise<{ digest: string; bytes: number }> {
   const s = await blob.open()
   const h = hashOf(alg)
