@@ -7,6 +7,8 @@ import { parseSize } from '../lib/size.js'
 import { DEFAULT_ZSTD_LEVEL } from '../pipeline/bundle/writer.js'
 import { makeBundle, type MakeBundleEvent, type MakeBundleOptions } from '../pipeline/make-bundle.js'
 import { openSource, type SourceSpec } from '../pipeline/source/index.js'
+import { createPullProgress } from '../registry/progress.js'
+import type { PullEvent } from '../registry/pull.js'
 
 export interface MakeBundleJson {
   path: string
@@ -43,13 +45,23 @@ export default class MakeBundle extends BaseCommand {
     tmpdir: Flags.string({ summary: 'Where to stage the image (default: $TMPDIR)', helpValue: 'DIR' }),
     'init-binary': Flags.string({ summary: 'Guest init/agent binary to inject', hidden: true }),
     quiet: Flags.boolean({ char: 'q', summary: 'No progress on stderr' }),
+    creds: Flags.string({ summary: 'Registry credentials (default: $BALE_REGISTRY_CREDS, then ~/.docker/config.json)', helpValue: 'USER:PASS' }),
+    insecure: Flags.boolean({ summary: 'Allow plain HTTP to a registry that is not on loopback' }),
+    offline: Flags.boolean({ summary: 'Use only the local image store; make no network request' }),
+    refresh: Flags.boolean({ summary: 'Ask the registry what the tag points to now, even if it is cached' }),
+    concurrency: Flags.integer({ summary: 'Layers downloaded at once', min: 1, max: 16, default: 3 }),
   }
 
   public async run(): Promise<MakeBundleJson> {
     const { flags } = await this.parse(MakeBundle)
-    const opts = await resolveOptions(flags, process.env)
-    const progress = flags.quiet || this.jsonEnabled() ? () => {} : (e: MakeBundleEvent) => process.stderr.write(`${describe(e)}\n`)
-    const res = await makeBundle(opts, progress)
+    const quiet = flags.quiet || this.jsonEnabled()
+    const pullProgress = quiet ? undefined : createPullProgress({ stream: process.stderr, env: process.env })
+    const opts = await resolveOptions(flags, process.env, pullProgress?.onEvent)
+    const progress = quiet ? () => {} : (e: MakeBundleEvent) => process.stderr.write(`${describe(e)}\n`)
+    const res = await makeBundle(opts, (e) => {
+      if (e.stage === 'resolve') pullProgress?.stop()
+      progress(e)
+    }).finally(() => pullProgress?.stop())
     this.log(res.path)
     this.log(res.sha256)
     this.log(String(res.size))
@@ -65,7 +77,7 @@ type ParsedFlags = Awaited<ReturnType<MakeBundle['parse']>>['flags'] & {
 }
 
 /** Flags → one validated, immutable options object, before any work starts. */
-async function resolveOptions(flags: ParsedFlags, env: NodeJS.ProcessEnv): Promise<MakeBundleOptions> {
+async function resolveOptions(flags: ParsedFlags, env: NodeJS.ProcessEnv, onPullEvent?: (e: PullEvent) => void): Promise<MakeBundleOptions> {
   const given = (['image', 'oci-layout', 'docker-archive', 'rootfs-tar'] as const).filter((k) => flags[k] !== undefined)
   if (given.length !== 1) {
     throw new BaleError(
@@ -77,7 +89,13 @@ async function resolveOptions(flags: ParsedFlags, env: NodeJS.ProcessEnv): Promi
     )
   }
   const kind = given[0]!
-  const spec: SourceSpec = { kind: kind === 'image' ? 'registry' : kind, value: flags[kind]!, platform: flags.platform }
+  const spec: SourceSpec = {
+    kind: kind === 'image' ? 'registry' : kind,
+    value: flags[kind]!,
+    platform: flags.platform,
+    registry: { creds: flags.creds, insecure: flags.insecure, offline: flags.offline, refresh: flags.refresh, concurrency: flags.concurrency },
+    onPullEvent,
+  }
   const sde = env.SOURCE_DATE_EPOCH
   if (sde !== undefined && !/^\d+$/.test(sde)) throw new BaleError('E_USAGE', `SOURCE_DATE_EPOCH: not a number: '${sde}'`, { subject: 'SOURCE_DATE_EPOCH' })
   const initBinary = flags['init-binary'] ? path.resolve(flags['init-binary']) : defaultInitBinary(env)

@@ -223,13 +223,24 @@ class BlobReader {
  */
 async function splitSpec(spec: string): Promise<{ dir: string; tag?: string }> {
   if (spec === '') throw new BaleError('E_USAGE', '--oci-layout: empty path', { subject: '--oci-layout' })
+  const isDir = (p: string): Promise<boolean> =>
+    fs.stat(p).then(
+      (s) => s.isDirectory(),
+      () => false,
+    )
+  if (await isDir(spec)) return { dir: spec }
+  // The tag may itself hold ':' (the registry store names images by full reference, e.g.
+  // `STORE:127.0.0.1:5000/repo:tag`), so split at the first ':' whose left side is a directory,
+  // as skopeo's oci: transport does; else at the last ':' so the error names the directory.
+  for (let i = spec.indexOf(':'); i > 0; i = spec.indexOf(':', i + 1)) {
+    if (await isDir(spec.slice(0, i))) return tagged(spec, i)
+  }
   const colon = spec.lastIndexOf(':')
   if (colon <= 0 || spec.slice(colon + 1).includes('/')) return { dir: spec }
-  const whole = await fs.stat(spec).then(
-    (s) => s.isDirectory(),
-    () => false,
-  )
-  if (whole) return { dir: spec }
+  return tagged(spec, colon)
+}
+
+function tagged(spec: string, colon: number): { dir: string; tag: string } {
   const tag = spec.slice(colon + 1)
   if (tag === '') throw new BaleError('E_USAGE', `--oci-layout ${spec}: empty tag after ':'`, { subject: spec })
   return { dir: spec.slice(0, colon), tag }
