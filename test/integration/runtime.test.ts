@@ -139,6 +139,20 @@ describe('bale runtime (TCG, real QEMU and kernel)', () => {
       expect(missing.stderr).toContain('/no/such/program')
     })
 
+    it('execs run side by side, each on its own agent channel', async () => {
+      const order: string[] = []
+      const slow = run(['runtime', 'exec', 'web', '--', 'sh', '-c', 'sleep 4; echo slow']).then((r) => {
+        order.push('slow')
+        return r
+      })
+      await new Promise((r) => setTimeout(r, 500))
+      const fast = await run(['runtime', 'exec', 'web', '--', 'echo', 'fast'])
+      order.push('fast')
+      expect(fast).toMatchObject({ code: 0, stdout: 'fast\n' })
+      expect(await slow).toMatchObject({ code: 0, stdout: 'slow\n' })
+      expect(order).toEqual(['fast', 'slow'])
+    })
+
     it('the image config\'s env and workdir apply to exec; -e overrides one variable', async () => {
       const r = await run(['runtime', 'exec', 'web', '--', 'sh', '-c', 'echo "$GREETING"; pwd; echo "$PATH"'])
       expect(r.stdout).toBe('hello from bale\n/www\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n')

@@ -17,7 +17,10 @@ export interface VmPaths {
   readonly dir: string
   readonly record: string
   readonly lock: string
-  readonly agentSocket: string
+  /** One socket per agent channel (AGENT_CHANNELS), channel 0 first. */
+  readonly agentSockets: readonly string[]
+  /** Who uses each channel: an O_EXCL lock per channel, like the VM's. */
+  readonly agentLocks: readonly string[]
   readonly qmpSocket: string
   readonly consoleLog: string
   /** QEMU's own stderr (start-up errors such as a host port already in use). */
@@ -34,6 +37,17 @@ export function defaultStateStore(env: NodeJS.ProcessEnv = process.env): StateSt
   return { root: vmsDir(env), procfs: HOST_PROC }
 }
 
+/**
+ * Agent channels per VM: virtio-serial ports `org.bale.agent`, `org.bale.agent.1`, … each on its
+ * own socket. QEMU's socket chardev serves one host connection at a time, so one channel would
+ * make a second `exec` wait for the first, and a `stop` during an exec fall back to QMP quit.
+ * 4: concurrent execs into one VM are few, and each open channel takes one of the guest agent's 8
+ * connection slots (guest/src/agent.c MAX_CONNS).
+ */
+export const AGENT_CHANNELS = 4
+
+const channels = Array.from({ length: AGENT_CHANNELS }, (_, i) => i)
+
 export function vmPaths(store: StateStore, name: string): VmPaths {
   const dir = path.join(store.root, name)
   return {
@@ -41,7 +55,8 @@ export function vmPaths(store: StateStore, name: string): VmPaths {
     dir,
     record: path.join(dir, 'vm.json'),
     lock: path.join(dir, 'lock'),
-    agentSocket: path.join(dir, 'agent.sock'),
+    agentSockets: channels.map((i) => path.join(dir, i === 0 ? 'agent.sock' : `agent.${i}.sock`)),
+    agentLocks: channels.map((i) => path.join(dir, `agent.${i}.lock`)),
     qmpSocket: path.join(dir, 'qmp.sock'),
     consoleLog: path.join(dir, 'console.log'),
     qemuLog: path.join(dir, 'qemu.log'),
@@ -141,7 +156,7 @@ export async function observe(rec: VmRecord, procfs: ProcFs): Promise<{ verdict:
 
 /** Files that belong to a running VM only. The overlay and logs stay until `rm`. */
 export async function releaseRuntimeFiles(paths: VmPaths): Promise<void> {
-  await fs.rm(paths.agentSocket, { force: true })
+  for (const f of [...paths.agentSockets, ...paths.agentLocks]) await fs.rm(f, { force: true })
   await fs.rm(paths.qmpSocket, { force: true })
 }
 

@@ -28,7 +28,8 @@ export interface QemuSpec {
   readonly initramfs: string
   /** The per-VM qcow2 overlay used as the root disk. */
   readonly overlay: string
-  readonly agentSocket: string
+  /** Channel 0 is the port named AGENT_PORT_NAME, channel i the port `AGENT_PORT_NAME.i`. */
+  readonly agentSockets: readonly string[]
   readonly qmpSocket: string
   readonly consoleLog: string
   readonly ports: readonly PortMapping[]
@@ -88,10 +89,8 @@ export function kernelCmdline(spec: CmdlineSpec): string {
 }
 
 export function buildQemuArgv(spec: QemuSpec): string[] {
-  for (const [what, p] of [
-    ['agent socket', spec.agentSocket],
-    ['QMP socket', spec.qmpSocket],
-  ] as const) {
+  const sockets: Array<[string, string]> = [...spec.agentSockets.map((p): [string, string] => ['agent socket', p]), ['QMP socket', spec.qmpSocket]]
+  for (const [what, p] of sockets) {
     // sun_path is 108 bytes including the NUL; QEMU refuses longer paths at start-up with a
     // message that does not say which one.
     if (Buffer.byteLength(p) > 107) {
@@ -149,10 +148,12 @@ export function buildQemuArgv(spec: QemuSpec): string[] {
     'virtio-rng-device',
     '-device',
     'virtio-serial-device',
-    '-chardev',
-    `socket,id=agent,path=${spec.agentSocket},server=on,wait=off`,
-    '-device',
-    `virtserialport,chardev=agent,name=${AGENT_PORT_NAME}`,
+    ...spec.agentSockets.flatMap((sock, i) => [
+      '-chardev',
+      `socket,id=agent${i},path=${sock},server=on,wait=off`,
+      '-device',
+      `virtserialport,chardev=agent${i},name=${i === 0 ? AGENT_PORT_NAME : `${AGENT_PORT_NAME}.${i}`}`,
+    ]),
     '-chardev',
     `file,id=console,path=${spec.consoleLog}`,
     '-serial',

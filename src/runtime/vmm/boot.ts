@@ -15,6 +15,7 @@ import { createOverlay, ensureBaseImage } from './image.js'
 import type { Interrupts } from './interrupts.js'
 import { killAndReap, lastQemuMessage, spawnQemu, type SpawnedQemu } from './qemu.js'
 import { stopVm } from './stop.js'
+import { openAgent, tryChannel } from './channel.js'
 import { removeQuietly } from '../../lib/atomic.js'
 
 /** `bale runtime boot`, resolved once by the command (STYLE.md item 1). */
@@ -110,7 +111,7 @@ export async function bootVm(opts: BootOptions, io: BootIO, rt: RuntimeEnv = def
       vmlinux: kernel.vmlinux,
       initramfs: kernel.initramfs,
       overlay: paths.overlay,
-      agentSocket: paths.agentSocket,
+      agentSockets: paths.agentSockets,
       qmpSocket: paths.qmpSocket,
       consoleLog: paths.consoleLog,
       ports: opts.ports,
@@ -154,7 +155,16 @@ export async function bootVm(opts: BootOptions, io: BootIO, rt: RuntimeEnv = def
     // Foreground: stream the console from the first byte, so output printed before the
     // agent answers is not lost.
     fg = opts.detach ? undefined : startForegroundTail(paths, io, qemu)
-    const hello = await waitForHello(paths, qemu, opts.bootTimeoutMs ?? BOOT_TIMEOUT_MS[accel], () => interrupted !== undefined)
+    // Channel 0 is ours until the hello is done; a new VM's channel is free.
+    const channel0 = await tryChannel(paths, 0)
+    let hello: AgentClient | 'exited'
+    try {
+      hello = await waitForHello(paths, qemu, opts.bootTimeoutMs ?? BOOT_TIMEOUT_MS[accel], () => interrupted !== undefined)
+      helloMs = hello === 'exited' ? null : Date.now() - t0
+      if (hello !== 'exited') hello.close()
+    } finally {
+      await channel0?.release()
+    }
     offInterrupt()
     offInterrupt = undefined
     if (interrupted !== undefined) {
@@ -168,10 +178,7 @@ export async function bootVm(opts: BootOptions, io: BootIO, rt: RuntimeEnv = def
         const why = (await lastQemuMessage(paths.qemuLog)) ?? `the guest stopped before its agent answered; see ${paths.consoleLog}`
         throw publishConflict(why, opts.ports) ?? new BaleError('E_VM', `VM ${paths.name}: QEMU exited during boot (${describeExit(await qemu.exited)}): ${why}`, { subject: paths.name })
       }
-      helloMs = null
     } else {
-      helloMs = Date.now() - t0
-      hello.close()
       await markRunning(paths, rt)
     }
     vmId = id
@@ -204,11 +211,13 @@ function runOverlay(opts: BootOptions): RunOverlay | undefined {
 }
 
 /**
- * Connect to the agent and complete its hello, retrying while the socket is not there yet or
- * the guest has not opened its port, until the deadline. 'exited' when QEMU ended first.
+ * Connect to the agent on channel 0 and complete its hello, retrying while the socket is not
+ * there yet or the guest has not opened its port, until the deadline. 'exited' when QEMU ended
+ * first (or the boot was interrupted, which kills QEMU).
  */
 async function waitForHello(paths: VmPaths, qemu: SpawnedQemu, timeoutMs: number, aborted: () => boolean): Promise<AgentClient | 'exited'> {
   const deadline = Date.now() + timeoutMs
+  const socket = paths.agentSockets[0] as string
   let last: unknown
   for (;;) {
     if (qemu.hasExited() || aborted()) return 'exited'
@@ -216,7 +225,7 @@ async function waitForHello(paths: VmPaths, qemu: SpawnedQemu, timeoutMs: number
     if (left <= 0) break
     try {
       // Each attempt ends when QEMU exits (the socket closes), so this loop notices it at once.
-      return await AgentClient.connect(paths.agentSocket, { timeoutMs: left })
+      return await AgentClient.connect(socket, { timeoutMs: left })
     } catch (e) {
       last = e
       if (!(e instanceof BaleError) || !e.temporary) throw e
@@ -291,11 +300,11 @@ async function runForeground(paths: VmPaths, qemu: SpawnedQemu, fg: ForegroundTa
 }
 
 async function signalMain(paths: VmPaths, sig: NodeJS.Signals): Promise<void> {
-  const client = await AgentClient.connect(paths.agentSocket, { timeoutMs: SIGNAL_CONNECT_MS, requestTimeoutMs: SIGNAL_CONNECT_MS })
+  const chan = await openAgent(paths, { timeoutMs: SIGNAL_CONNECT_MS, requestTimeoutMs: SIGNAL_CONNECT_MS })
   try {
-    await client.signalMain(sig)
+    await chan.client.signalMain(sig)
   } finally {
-    client.close()
+    await chan.close()
   }
 }
 

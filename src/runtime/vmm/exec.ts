@@ -1,9 +1,8 @@
 import { finished } from 'node:stream/promises'
 import type { Readable } from 'node:stream'
 import os from 'node:os'
-import { AgentClient } from '../agent/client.js'
-import { BaleError } from '../../lib/errors.js'
 import { reconcile } from '../state/store.js'
+import { openAgent } from './channel.js'
 import { defaultRuntimeEnv, type RuntimeEnv } from './env.js'
 import type { Interrupts } from './interrupts.js'
 import { requirePhase } from './phases.js'
@@ -33,22 +32,16 @@ export interface ExecResult {
 }
 
 /**
- * The agent channel serves one host connection at a time (QEMU's socket chardev accepts the
- * next client when the current one leaves): an exec waits this long for a busy channel, and
- * for a guest that is still booting.
+ * How long an exec waits for a free agent channel (all busy with other execs) and for the
+ * guest's hello (a VM still booting under TCG takes seconds).
  */
 const CONNECT_MS = 30_000
 
 export async function execInVm(opts: ExecOptions, io: ExecIO, rt: RuntimeEnv = defaultRuntimeEnv()): Promise<ExecResult> {
   const view = await reconcile(rt.store, opts.name, 0)
   requirePhase('exec', opts.name, view.status)
-  let client: AgentClient
-  try {
-    client = await AgentClient.connect(view.paths.agentSocket, { timeoutMs: CONNECT_MS })
-  } catch (e) {
-    const why = e instanceof Error ? e.message : String(e)
-    throw new BaleError('E_VM', `VM ${opts.name}: cannot reach its agent (${why}); another exec may hold the channel`, { subject: opts.name, cause: e })
-  }
+  const chan = await openAgent(view.paths, { timeoutMs: CONNECT_MS })
+  const client = chan.client
   try {
     const session = await client.exec({
       argv: [...opts.argv],
@@ -84,7 +77,7 @@ export async function execInVm(opts: ExecOptions, io: ExecIO, rt: RuntimeEnv = d
       stdinDone?.()
     }
   } finally {
-    client.close()
+    await chan.close()
   }
 }
 

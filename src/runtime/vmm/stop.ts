@@ -1,7 +1,7 @@
-import { AgentClient } from '../agent/client.js'
 import { BaleError } from '../../lib/errors.js'
 import type { VmRecord } from '../state/record.js'
 import { lockVm, reconcileLocked, vmPaths, type StateStore, type VmPaths } from '../state/store.js'
+import { openAgent, type AgentChannel } from './channel.js'
 import { defaultRuntimeEnv, type RuntimeEnv } from './env.js'
 import { killRecorded, waitGone } from './qemu.js'
 import { QmpClient } from './qmp.js'
@@ -64,17 +64,17 @@ export async function stopRecorded(rec: VmRecord, paths: VmPaths, graceMs: numbe
 }
 
 async function agentShutdown(paths: VmPaths, graceMs: number): Promise<boolean> {
-  let client: AgentClient | undefined
+  let chan: AgentChannel | undefined
   try {
-    // The agent channel takes one host connection at a time (QEMU's socket chardev): while an
-    // exec holds it, this times out and QMP quit takes over.
-    client = await AgentClient.connect(paths.agentSocket, { timeoutMs: CONNECT_MS, requestTimeoutMs: CONNECT_MS })
-    await client.shutdown({ timeoutMs: graceMs })
+    // Any free channel: execs running on the others do not hold up a clean shutdown. With all
+    // of them busy (or a guest that does not answer), QMP quit takes over.
+    chan = await openAgent(paths, { timeoutMs: CONNECT_MS, requestTimeoutMs: CONNECT_MS })
+    await chan.client.shutdown({ timeoutMs: graceMs })
     return true
   } catch {
     return false
   } finally {
-    client?.close()
+    await chan?.close()
   }
 }
 

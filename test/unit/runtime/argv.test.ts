@@ -10,7 +10,7 @@ const spec = (over: Partial<QemuSpec> = {}): QemuSpec => ({
   vmlinux: '/k/vmlinux',
   initramfs: '/k/initramfs.cpio.gz',
   overlay: '/vms/web/overlay.qcow2',
-  agentSocket: '/vms/web/agent.sock',
+  agentSockets: ['/vms/web/agent.sock', '/vms/web/agent.1.sock'],
   qmpSocket: '/vms/web/qmp.sock',
   consoleLog: '/vms/web/console.log',
   ports: parsePublishes(['18080:8080', '5353:53/udp']),
@@ -58,9 +58,14 @@ describe('QEMU argv', () => {
       'virtio-net-device,netdev=net0',
       'virtio-rng-device',
       'virtio-serial-device',
-      'virtserialport,chardev=agent,name=org.bale.agent',
+      'virtserialport,chardev=agent0,name=org.bale.agent',
+      'virtserialport,chardev=agent1,name=org.bale.agent.1',
     ])
-    expect(values(argv, '-chardev')).toEqual(['socket,id=agent,path=/vms/web/agent.sock,server=on,wait=off', 'file,id=console,path=/vms/web/console.log'])
+    expect(values(argv, '-chardev')).toEqual([
+      'socket,id=agent0,path=/vms/web/agent.sock,server=on,wait=off',
+      'socket,id=agent1,path=/vms/web/agent.1.sock,server=on,wait=off',
+      'file,id=console,path=/vms/web/console.log',
+    ])
     expect(values(argv, '-serial')).toEqual(['chardev:console'])
     expect(values(argv, '-qmp')).toEqual(['unix:/vms/web/qmp.sock,server=on,wait=off'])
   })
@@ -75,7 +80,7 @@ describe('QEMU argv', () => {
 
   it('refuses socket paths longer than sun_path, naming the data dir fix', () => {
     const long = `/${'d'.repeat(100)}/agent.sock`
-    expect(() => buildQemuArgv(spec({ agentSocket: long }))).toThrow(/longer than a unix socket path may be.*BALE_DATA_DIR/)
+    expect(() => buildQemuArgv(spec({ agentSockets: ['/a.sock', long] }))).toThrow(/longer than a unix socket path may be.*BALE_DATA_DIR/)
   })
 
   it('refuses a comma in any path (QEMU option syntax)', () => {

@@ -40,7 +40,7 @@ function record(name: string, over: Partial<VmRecord> = {}): VmRecord {
     id: '0123456789ab',
     created: '2026-01-01T00:00:00.000Z',
     status: 'running',
-    bundle: { path: '/b/demo.tar.zst', name: 'demo', version: '1', rootfs_sha256: 'a'.repeat(64) },
+    bundle: { path: '/b/demo.tar.zst', sha256: 'b'.repeat(64), name: 'demo', version: '1', rootfs_sha256: 'a'.repeat(64) },
     kernel: { ref: 'k', vmlinux: '/k/vmlinux', initramfs: '/k/initramfs' },
     accel: 'tcg',
     cpus: 1,
@@ -59,7 +59,7 @@ async function makeVm(store: StateStore, rec: VmRecord, consoleText = ''): Promi
   const p = await reserveName(store, rec.name, 'demo')
   await writeRecord(p.record, rec)
   writeFileSync(p.consoleLog, consoleText)
-  writeFileSync(p.agentSocket, '')
+  for (const f of [...p.agentSockets, ...p.agentLocks]) writeFileSync(f, '')
   writeFileSync(p.qmpSocket, '')
   writeFileSync(p.overlay, 'qcow2')
   return p
@@ -103,7 +103,7 @@ describe('reconcile', () => {
     const p = await makeVm(store, record('web'))
     const v = await reconcile(store, 'web', 0)
     expect(v).toMatchObject({ alive: true, status: 'running' })
-    expect(existsSync(p.agentSocket)).toBe(true)
+    expect(p.agentSockets.every(existsSync)).toBe(true)
   })
 
   it('a dead one is marked stopped with the exit code stage 2 reported; sockets go, overlay and logs stay', async () => {
@@ -115,7 +115,7 @@ describe('reconcile', () => {
     const rec = await readRecord(p.record)
     expect(rec).toMatchObject({ status: 'stopped', exit_code: 3 })
     expect(rec.stopped_at).not.toBeNull()
-    expect(existsSync(p.agentSocket) || existsSync(p.qmpSocket)).toBe(false)
+    expect([...p.agentSockets, ...p.agentLocks, p.qmpSocket].some(existsSync)).toBe(false)
     expect(existsSync(p.overlay) && existsSync(p.consoleLog)).toBe(true)
   })
 
