@@ -8,6 +8,7 @@ import { checkDigests, digestFile } from './integrity.js'
 import { checkManifest, selectEntry } from './install.js'
 import { HttpClient } from './http.js'
 import { kernelInstalled, stageKernel } from './kernels.js'
+import { withFileLock } from './lock.js'
 import { INDEX_FILE } from './layout.js'
 import { fetchOciKernel, openOciBundle } from './oci.js'
 import { parseIndex, parseNameAtVersion } from './schema.js'
@@ -56,6 +57,9 @@ export interface FetchResult {
   readonly reproduced?: boolean
   readonly kernel: { ref: string; status: 'installed' | 'unchanged' | 'present' | 'not-published' | 'skipped' }
 }
+
+/** Another process downloading the same bundle is waited for up to 30 min (a large bundle on a slow link), as the registry store does. */
+const DOWNLOAD_LOCK_WAIT_MS = 30 * 60 * 1000
 
 export function isOciCatalog(catalog: string): boolean {
   return catalog.startsWith('oci://')
@@ -128,18 +132,27 @@ async function fetchFromHttp(opts: FetchOptions): Promise<FetchResult> {
     // Named by the expected sha256: a rerun (or another entry with the same bytes) resumes it.
     const partial = path.join(downloads, `${entry.sha256}.partial`)
     const bundleUrl = new URL(entry.url, doc.url)
-    const got = await http.download(bundleUrl, partial, { size: entry.size, sha256: entry.sha256, integrity: entry.integrity }, `${what} (${bundleUrl})`)
-    try {
-      await checkManifest(partial, entry, `${what} (${bundleUrl})`)
-    } catch (e) {
-      await removeQuietly(partial)
-      throw e
-    }
-    const k = await kernel()
-    const c = await commitBundle(
-      partial,
-      { name: entry.name, version: entry.version, size: entry.size, sha256: entry.sha256, integrity: entry.integrity, kernel_ref: entry.kernel_ref, created: entry.created, origin: String(doc.url) },
-      env,
+    // One process per partial file: two fetches of the same bundle must not append to it at once.
+    const { got, c, k } = await withFileLock(
+      `${partial}.lock`,
+      `fetch ${what}`,
+      async () => {
+        const got = await http.download(bundleUrl, partial, { size: entry.size, sha256: entry.sha256, integrity: entry.integrity }, `${what} (${bundleUrl})`)
+        try {
+          await checkManifest(partial, entry, `${what} (${bundleUrl})`)
+        } catch (e) {
+          await removeQuietly(partial)
+          throw e
+        }
+        const k = await kernel()
+        const c = await commitBundle(
+          partial,
+          { name: entry.name, version: entry.version, size: entry.size, sha256: entry.sha256, integrity: entry.integrity, kernel_ref: entry.kernel_ref, created: entry.created, origin: String(doc.url) },
+          env,
+        )
+        return { got, c, k }
+      },
+      DOWNLOAD_LOCK_WAIT_MS,
     )
     return {
       name: entry.name,

@@ -61,13 +61,20 @@ async function breakIfDead(lockPath: string): Promise<boolean> {
 
 export async function withDirLock<T>(dir: string, what: string, fn: () => Promise<T>): Promise<T> {
   await fs.mkdir(dir, { recursive: true })
-  const lockPath = path.join(dir, '.bale.lock')
+  return withFileLock(path.join(dir, '.bale.lock'), `${what} ${dir}`, fn)
+}
+
+/**
+ * The same lock on an arbitrary lock file path (e.g. one per download). `waitMs`: how long to
+ * wait for a live holder before failing with a message naming the lock file.
+ */
+export async function withFileLock<T>(lockPath: string, what: string, fn: () => Promise<T>, waitMs = WAIT_MS): Promise<T> {
   const owner = `${os.hostname()} ${process.pid}\n`
-  const deadline = Date.now() + WAIT_MS
+  const deadline = Date.now() + waitMs
   while (!(await tryCreate(lockPath, owner))) {
     if (await breakIfDead(lockPath)) continue
     if (Date.now() > deadline) {
-      throw new BaleError('E_STATE', `${what} ${dir}: another bale process holds ${lockPath} (remove it if no bale is running)`, { subject: lockPath })
+      throw new BaleError('E_STATE', `${what}: another bale process holds ${lockPath} (remove it if no bale is running)`, { subject: lockPath })
     }
     await sleep(POLL_MS)
   }

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs'
 import path from 'node:path'
 import { pipeline } from 'node:stream/promises'
-import { removeQuietly } from '../lib/atomic.js'
+import { removeQuietly, writeFileAtomic } from '../lib/atomic.js'
 import { registerCleanup } from '../lib/cleanup.js'
 import { BaleError } from '../lib/errors.js'
 import { cacheDir, ociStoreDir } from '../lib/paths.js'
@@ -47,6 +47,7 @@ import type { BuiltBundle } from './build.js'
 import { DigestingStream } from './integrity.js'
 import { kernelFiles, stageKernel } from './kernels.js'
 import type { PublishStatus } from './publish-dir.js'
+import { compareVersions } from './schema.js'
 
 /**
  * Publishing to and fetching from a registry (artifact.ts describes the artifacts). Push is
@@ -150,14 +151,15 @@ export async function publishToRegistry(opts: OciPublishOptions): Promise<OciPub
           })
           if (made === undefined) throw new BaleError('E_INPUT', `${b.file}: no rootfs`, { subject: b.file })
           layer = { mediaType: ROOTFS_LAYER_TYPE, ...made }
-          await fs.writeFile(recFile, JSON.stringify({ digest: made.digest, size: made.size }))
+          await writeFileAtomic(recFile, JSON.stringify({ digest: made.digest, size: made.size }))
         }
         const layerDesc: Descriptor = { ...layer, annotations: { [TITLE]: 'rootfs.ext4.zst' } }
         const artifact = bundleArtifact(b, manifest, config, layerDesc, level)
         const from = layerFile
+        const tags = (await latestMayMove(ref, b.version, opts)) ? [b.version, LATEST_TAG] : [b.version]
         const res = await pushArtifact(
           pusher,
-          [b.version, LATEST_TAG],
+          tags,
           artifact,
           [
             { desc: config, source: async () => ({ bytes: manifestBytes }) },
@@ -221,6 +223,25 @@ export async function publishToRegistry(opts: OciPublishOptions): Promise<OciPub
     }
   }
   return { target, bundles, kernels }
+}
+
+/**
+ * `latest` follows the newest version by natural order (what a directory catalog serves for a
+ * versionless fetch too), not the last one published: republishing an old version must not
+ * move it back. The current `latest` manifest's version annotation says where it points.
+ */
+async function latestMayMove(ref: ImageReference, version: string, access: RegistryAccess): Promise<boolean> {
+  const client = await clientFor(ref, access)
+  try {
+    const { bytes } = await client.fetchManifest(LATEST_TAG)
+    const current = parseArtifactManifest(bytes, `${ref.domain}/${ref.repository}:${LATEST_TAG}`, BUNDLE_ARTIFACT_TYPE, BUNDLE_CONFIG_TYPE).annotations?.[VERSION]
+    return current === undefined || compareVersions(version, current) >= 0
+  } catch (e) {
+    if (e instanceof BaleError && e.code === 'E_NOT_FOUND') return true
+    throw e
+  } finally {
+    await client.close()
+  }
 }
 
 function bundleArtifact(b: BuiltBundle, m: BundleManifest, config: Descriptor, layer: Descriptor, level: number): ArtifactManifest {

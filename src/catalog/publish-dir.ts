@@ -96,6 +96,13 @@ export async function publishToDir(opts: DirPublishOptions): Promise<DirPublishR
     const kernels = new Map(old.kernels.map((k) => [k.ref, k]))
     const bundleResults: Array<{ name: string; version: string; url: string; status: PublishStatus }> = []
     const kernelResults: Array<{ ref: string; status: PublishStatus }> = []
+    // Kernels are looked up first: a missing kernel fails the publish before any bundle is copied.
+    const kernelPlan: Array<{ ref: string; files: Awaited<ReturnType<typeof kernelFiles>> }> = []
+    if (opts.kernels) {
+      const refs = new Map<string, string>()
+      for (const b of opts.bundles) if (!refs.has(b.kernel_ref)) refs.set(b.kernel_ref, `${b.name}@${b.version}`)
+      for (const [ref, neededBy] of refs) kernelPlan.push({ ref, files: await kernelFiles(ref, neededBy, env) })
+    }
 
     for (const b of opts.bundles) {
       const url = bundleUrl(b.name, b.version)
@@ -125,29 +132,24 @@ export async function publishToDir(opts: DirPublishOptions): Promise<DirPublishR
       bundleResults.push({ name: b.name, version: b.version, url, status: prev === undefined ? 'added' : JSON.stringify(prev) === JSON.stringify(entry) ? 'unchanged' : 'updated' })
     }
 
-    if (opts.kernels) {
-      const refs = new Map<string, string>()
-      for (const b of opts.bundles) if (!refs.has(b.kernel_ref)) refs.set(b.kernel_ref, `${b.name}@${b.version}`)
-      for (const [ref, neededBy] of refs) {
-        const files = await kernelFiles(ref, neededBy, env)
-        const entry: IndexKernel = { ref, files: [] }
-        const kdir = path.join(dir, 'kernels', ref)
-        await fs.mkdir(kdir, { recursive: true })
-        await sweepStaleTemps(kdir)
-        for (const f of files) {
-          const url = kernelUrl(ref, f.name)
-          const d = await digestFile(f.path)
-          const dest = path.join(dir, url)
-          if (!(await alreadyThere(dest, d.size, d.sha256))) {
-            opts.onEvent?.({ type: 'copy', what: url, bytes: d.size })
-            await copyVerified(f.path, dest, d, `kernel ${ref} ${f.name} (${f.path})`)
-          }
-          entry.files.push({ name: f.name, url, size: d.size, integrity: d.integrity, sha256: d.sha256 })
+    for (const { ref, files } of kernelPlan) {
+      const entry: IndexKernel = { ref, files: [] }
+      const kdir = path.join(dir, 'kernels', ref)
+      await fs.mkdir(kdir, { recursive: true })
+      await sweepStaleTemps(kdir)
+      for (const f of files) {
+        const url = kernelUrl(ref, f.name)
+        const d = await digestFile(f.path)
+        const dest = path.join(dir, url)
+        if (!(await alreadyThere(dest, d.size, d.sha256))) {
+          opts.onEvent?.({ type: 'copy', what: url, bytes: d.size })
+          await copyVerified(f.path, dest, d, `kernel ${ref} ${f.name} (${f.path})`)
         }
-        const prev = kernels.get(ref)
-        kernels.set(ref, entry)
-        kernelResults.push({ ref, status: prev === undefined ? 'added' : JSON.stringify(prev) === JSON.stringify(entry) ? 'unchanged' : 'updated' })
+        entry.files.push({ name: f.name, url, size: d.size, integrity: d.integrity, sha256: d.sha256 })
       }
+      const prev = kernels.get(ref)
+      kernels.set(ref, entry)
+      kernelResults.push({ ref, status: prev === undefined ? 'added' : JSON.stringify(prev) === JSON.stringify(entry) ? 'unchanged' : 'updated' })
     }
 
     await sweepStaleTemps(dir)

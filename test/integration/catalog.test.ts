@@ -322,6 +322,24 @@ describe('OCI artifacts', () => {
     expect(again.bundles.map((b) => b.digest)).toEqual(first.bundles.map((b) => b.digest))
   })
 
+  it('latest follows the newest version: publishing an older version afterwards does not move it back', async () => {
+    const oldCatalog = path.join(work, 'catalog-old.json')
+    await fs.writeFile(oldCatalog, catalogJson([{ name: 'demo', version: '0.9', source: sources.demo as string, description: 'an older demo' }]))
+    const oldBuild = path.join(work, 'build-old')
+    await ok<BuildJson>(['catalog', 'build', '--catalog', oldCatalog, '--out', oldBuild, '--level', LEVEL], builderEnv)
+    const target = `oci://${regs.plain}/latest-guard`
+    await ok<OciPublishJson>(['catalog', 'publish', 'demo', '--from', buildDir, '--to', target, '--no-kernels'], builderEnv)
+    const r = await ok<OciPublishJson>(['catalog', 'publish', 'demo', '--from', oldBuild, '--to', target, '--no-kernels'], builderEnv)
+    expect(r.bundles[0]?.status).toBe('added')
+    const latest = async (): Promise<string | undefined> => {
+      const { stdout } = await execFileP('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${regs.plain}/latest-guard/demo:latest`])
+      return (JSON.parse(stdout) as { annotations?: Record<string, string> }).annotations?.['org.opencontainers.image.version']
+    }
+    expect(await latest()).toBe('1.0')
+    const env = await freshEnv('latest')
+    expect((await ok<FetchJson>(['fetch', 'demo', '--catalog', target, '--no-kernel'], env)).version).toBe('1.0')
+  })
+
   it('skopeo copy moves an artifact to a second registry and bale fetch rebuilds the identical bundle from there', async () => {
     for (const repo of [`bale/demo:1.0`, `bale/kernels:${KERNEL}`]) {
       await execFileP('skopeo', ['copy', '--quiet', '--src-tls-verify=false', '--dest-tls-verify=false', '--preserve-digests', `docker://${regs.plain}/${repo}`, `docker://${second.address}/mirror/${repo.slice('bale/'.length)}`])
@@ -439,7 +457,7 @@ describe('air-gapped mirror and install', () => {
     expect(again.kernels[0]?.status).toBe('unchanged')
   })
 
-  it('runs the install without a network namespace escape: unshare -n really has no route out', async () => {
+  it('unshare -n really isolates: the test HTTP server is unreachable from inside', async () => {
     const r = await new Promise<number | null>((resolve) => {
       const c = spawn('unshare', ['-n', '--', process.execPath, '-e', `require('net').connect(${server.port}, '127.0.0.1').on('error', () => process.exit(3)).on('connect', () => process.exit(0))`])
       c.on('close', (code) => resolve(code))
@@ -452,7 +470,7 @@ describe('air-gapped mirror and install', () => {
     ['a kernel file', `kernels/${KERNEL}/vmlinux`],
     ['index.json', 'index.json'],
   ] as const) {
-    it(`refuses a mirror whose ${what} was tampered with, installing nothing`, async () => {
+    it(`refuses a mirror in which ${what} was tampered with, installing nothing`, async () => {
       const copy = path.join(work, `tampered-${randomBytes(3).toString('hex')}`)
       await fs.cp(mirror, copy, { recursive: true })
       const target = path.join(copy, file)
