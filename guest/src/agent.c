@@ -428,6 +428,7 @@ int agent_child_exited(pid_t pid, int status)
 	for (int i = 0; i < MAX_SESSIONS; i++) {
 		struct session *s = &sessions[i];
 		if (s->kind == S_EXEC && !s->exited && s->pid == pid) {
+			debug("agent: exec %u: pid %d exited, status 0x%x", s->id, (int)pid, (unsigned)status);
 			s->exited = 1;
 			s->status = status;
 			stdin_drop(s);
@@ -595,6 +596,7 @@ static void req_exec(struct conn *c, uint32_t id, const unsigned char *p, size_t
 		se->kind = S_FREE;
 		goto out;
 	}
+	debug("agent: exec %u: %s is pid %d", id, argv[0], (int)pid);
 	se->pid = pid;
 	se->out = po[0];
 	se->err = pe[0];
@@ -941,6 +943,16 @@ static void rx_process(struct conn *c)
 	c->rxlen -= off;
 }
 
+/* Ask for SIGIO when the host opens the port (virtio_console raises it when the host side
+ * connects or disconnects); the loop also rechecks on a timer in case it does not. */
+static void vport_wait_for_host(struct conn *c)
+{
+	int fl = fcntl(c->fd, F_GETFL);
+	(void)fcntl(c->fd, F_SETOWN, getpid());
+	(void)fcntl(c->fd, F_SETFL, fl | O_ASYNC);
+	vport_recheck_at = now_ms() + VPORT_RECHECK_MS;
+}
+
 static void conn_down(struct conn *c)
 {
 	if (!c->up)
@@ -961,12 +973,7 @@ static void conn_down(struct conn *c)
 		c->txcap = 0;
 		c->kind = C_FREE;
 	} else if (c->kind == C_VPORT) {
-		/* Ask for SIGIO when the host reopens the port (virtio_console raises it on the
-		 * host's open/close); the loop also rechecks on a timer in case it does not. */
-		int fl = fcntl(c->fd, F_GETFL);
-		(void)fcntl(c->fd, F_SETOWN, getpid());
-		(void)fcntl(c->fd, F_SETFL, fl | O_ASYNC);
-		vport_recheck_at = now_ms() + VPORT_RECHECK_MS;
+		vport_wait_for_host(c);
 	}
 }
 
@@ -1124,11 +1131,12 @@ int agent_open_vports(void)
 		c->kind = C_VPORT;
 		c->fd = fd;
 		snprintf(c->name, sizeof c->name, "%.60s", path);
-		c->up = 1; /* so that conn_down() arms SIGIO if the host is not there yet */
-		if (vport_connected(fd))
+		if (vport_connected(fd)) {
 			conn_up(c);
-		else
-			conn_down(c);
+		} else {
+			debug("agent: waiting for the host on %s", c->name);
+			vport_wait_for_host(c);
+		}
 		n++;
 	}
 	closedir(d);

@@ -524,12 +524,14 @@ int stage2_main(const struct stage2_opts *o)
 
 	if (!agent_only) {
 		pid_t pid = config_ok ? start_main(&cfg, g_console_fd, !pid1) : -EINVAL;
-		if (pid > 0)
+		if (pid > 0) {
+			debug("main process is pid %d", (int)pid);
 			loop_set_main(pid);
-		else
-			/* No config or nothing to run: 126 "cannot be executed", 127 "not found",
-			 * the statuses a shell would give. */
-			loop_set_main_failed((pid == -ENOENT ? 127 : 126) << 8); /* a wait status: exit code in bits 8-15 */
+		} else {
+			/* No config, or nothing to run: the statuses a shell gives, 126 "cannot be
+			 * executed" and 127 "not found", as a wait status (code in bits 8-15). */
+			loop_set_main_failed((pid == -ENOENT ? 127 : 126) << 8);
+		}
 	}
 
 	e = loop_run();
