@@ -144,7 +144,7 @@ export function isIndexMediaType(t: string): boolean {
 const nullableStrings = z.array(z.string()).nullish()
 
 /** The parts of an image config bale uses (OCI image-spec config.md; Docker's is a superset). */
-const ConfigFileSchema = z.object({
+export const ConfigFileSchema = z.object({
   architecture: z.string().optional(),
   os: z.string().optional(),
   variant: z.string().optional(),

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto'
 import { z } from 'zod'
 import { BaleError } from '../../lib/errors.js'
 import type { ImageConfig, LayerCompression } from './types.js'
+import { ConfigFileSchema } from '../../registry/manifest.js'
 
 /**
  * OCI / Docker image JSON shared by every source that reads manifests: descriptors, indexes,
@@ -81,29 +82,8 @@ const manifestSchema = z.object({
 })
 export type ImageManifest = z.infer<typeof manifestSchema>
 
-const stringList = z.array(z.string()).nullish()
-const configSchema = z.object({
-  architecture: z.string().optional(),
-  os: z.string().optional(),
-  variant: z.string().optional(),
-  created: z.string().optional(),
-  config: z
-    .object({
-      Entrypoint: stringList,
-      Cmd: stringList,
-      Env: stringList,
-      User: z.string().nullish(),
-      WorkingDir: z.string().nullish(),
-      ExposedPorts: z.record(z.string(), z.unknown()).nullish(),
-      Labels: z.record(z.string(), z.string()).nullish(),
-      StopSignal: z.string().nullish(),
-    })
-    .nullish(),
-  rootfs: z.object({
-    type: z.literal('layers'),
-    diff_ids: z.array(z.string()),
-  }),
-})
+// The image config schema is the registry layer's: one definition for every source.
+const configSchema = ConfigFileSchema
 
 export interface ParsedConfig {
   config: ImageConfig
