@@ -64,8 +64,9 @@ export interface ExecRequest {
  */
 const DEFAULT_TIMEOUT_MS = 10_000
 /**
- * HELLO is re-sent at this interval until answered: a HELLO written before the guest opened its
- * port may be lost, and re-sending is cheaper than telling the two cases apart.
+ * HELLO is re-sent at this interval until answered. QEMU holds bytes until the guest opens the
+ * port, but the guest kernel drops unread data when a port is closed (an agent that restarts),
+ * and re-sending is cheaper than telling those cases apart; 250 ms is short next to a boot.
  */
 const HELLO_RETRY_MS = 250
 
