@@ -4,7 +4,7 @@ import { removeQuietly } from '../lib/atomic.js'
 import { BaleError } from '../lib/errors.js'
 import { cacheDir } from '../lib/paths.js'
 import { parseOciTarget } from './artifact.js'
-import { checkDigests, digestFile } from './integrity.js'
+import { digestFile } from './integrity.js'
 import { checkManifest, selectEntry } from './install.js'
 import { HttpClient } from './http.js'
 import { kernelInstalled, stageKernel } from './kernels.js'
@@ -12,7 +12,7 @@ import { withFileLock } from './lock.js'
 import { INDEX_FILE } from './layout.js'
 import { fetchOciKernel, openOciBundle } from './oci.js'
 import { parseIndex, parseNameAtVersion } from './schema.js'
-import { commitBundle, type CommitStatus, findInstalled, incomingPath } from './store.js'
+import { commitBundle, type CommitStatus, findInstalled, incomingPath, type InstalledBundle } from './store.js'
 
 /**
  * `bale fetch NAME[@VERSION] --catalog URL|oci://HOST/REPO`: download a published bundle (and
@@ -80,6 +80,16 @@ export function indexUrl(catalog: string): URL {
   return u
 }
 
+/** The installed file still has the recorded bytes (a damaged one is fetched again, not trusted). */
+async function intact(b: InstalledBundle): Promise<boolean> {
+  try {
+    const d = await digestFile(b.path, 'sha256')
+    return d.size === b.size && d.sha256 === b.sha256
+  } catch {
+    return false
+  }
+}
+
 export async function fetchBundle(opts: FetchOptions): Promise<FetchResult> {
   return isOciCatalog(opts.catalog) ? fetchFromRegistry(opts) : fetchFromHttp(opts)
 }
@@ -112,7 +122,7 @@ async function fetchFromHttp(opts: FetchOptions): Promise<FetchResult> {
     }
 
     const installed = await findInstalled(entry.name, entry.version, env)
-    if (installed !== undefined && installed.sha256 === entry.sha256 && installed.size === entry.size) {
+    if (installed !== undefined && installed.sha256 === entry.sha256 && installed.size === entry.size && (await intact(installed))) {
       return {
         name: entry.name,
         version: entry.version,
@@ -195,9 +205,7 @@ async function fetchFromRegistry(opts: FetchOptions): Promise<FetchResult> {
       }
     }
     const installed = await findInstalled(m.name, m.version, env)
-    if (installed !== undefined && art.bundleSha256 !== undefined && installed.sha256 === art.bundleSha256) {
-      const d = await digestFile(installed.path)
-      checkDigests(d, { sha256: installed.sha256, size: installed.size }, `installed ${m.name}@${m.version} (${installed.path})`)
+    if (installed !== undefined && art.bundleSha256 !== undefined && installed.sha256 === art.bundleSha256 && (await intact(installed))) {
       return {
         name: m.name,
         version: m.version,

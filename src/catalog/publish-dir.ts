@@ -35,7 +35,7 @@ export interface DirPublishOptions {
 export interface DirPublishResult {
   readonly dir: string
   readonly index: string
-  readonly indexChanged: boolean
+  readonly index_changed: boolean
   readonly bundles: ReadonlyArray<{ name: string; version: string; url: string; status: PublishStatus }>
   readonly kernels: ReadonlyArray<{ ref: string; status: PublishStatus }>
   readonly checksums?: string
@@ -166,7 +166,7 @@ export async function publishToDir(opts: DirPublishOptions): Promise<DirPublishR
       const current = await fs.readFile(sums, 'utf8').catch(() => undefined)
       if (current !== content) await writeFileAtomic(sums, content)
     }
-    return { dir, index: indexFile, indexChanged, bundles: bundleResults, kernels: kernelResults, ...(sums === undefined ? {} : { checksums: sums }) }
+    return { dir, index: indexFile, index_changed: indexChanged, bundles: bundleResults, kernels: kernelResults, ...(sums === undefined ? {} : { checksums: sums }) }
   })
 }
 

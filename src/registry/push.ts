@@ -90,6 +90,8 @@ export class RegistryPusher {
     const res = await this.call(what, 'HEAD', this.url(`blobs/${desc.digest}`), {})
     await drain(res)
     if (res.statusCode === 200) return Number(header(res, 'content-length') ?? desc.size) === desc.size
+    // Registries backed by object storage may answer with a redirect to it: the blob is there.
+    if (res.statusCode === 307 || res.statusCode === 302) return true
     if (res.statusCode === 404) return false
     throw await this.statusError(res, what)
   }
@@ -233,7 +235,15 @@ export class RegistryPusher {
     const key = TokenCache.key(realm, service, this.scope, this.opts.credentials?.username)
     const cached = this.tokens.get(key)
     if (cached !== undefined) return `Bearer ${cached}`
-    const url = new URL(realm)
+    let url: URL
+    try {
+      url = new URL(realm)
+    } catch {
+      throw new BaleError('E_AUTH', `${this.ref.registry}: token realm '${realm}' is not a URL`, { subject: realm })
+    }
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+      throw new BaleError('E_AUTH', `${this.ref.registry}: token realm '${realm}' is not http(s)`, { subject: realm })
+    }
     if (url.protocol === 'http:' && this.opts.credentials !== undefined && !this.opts.insecure && !isLoopbackHost(url.hostname)) {
       throw new BaleError('E_AUTH', `${this.ref.registry}: refusing to send credentials to plain-HTTP token realm ${realm} (use --insecure to allow)`, { subject: realm })
     }

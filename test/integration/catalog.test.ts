@@ -158,7 +158,7 @@ describe('catalog build', () => {
 
 interface DirPublishJson {
   kind: 'dir'
-  indexChanged: boolean
+  index_changed: boolean
   bundles: Array<{ name: string; version: string; url: string; status: string }>
   kernels: Array<{ ref: string; status: string }>
 }
@@ -186,7 +186,7 @@ describe('catalog publish to a directory', () => {
 
     const stat = await fs.stat(path.join(publishDir, 'index.json'))
     const again = await ok<DirPublishJson>(['catalog', 'publish', 'demo', 'tiny', '--from', buildDir, '--to', publishDir], builderEnv)
-    expect(again.indexChanged).toBe(false)
+    expect(again.index_changed).toBe(false)
     expect(again.bundles.map((b) => b.status)).toEqual(['unchanged', 'unchanged'])
     expect(await fs.readFile(path.join(publishDir, 'index.json'), 'utf8')).toBe(indexText)
     expect((await fs.stat(path.join(publishDir, 'index.json'))).mtimeMs).toBe(stat.mtimeMs)

@@ -45,7 +45,7 @@ export default class CatalogPublish extends BaseCommand {
     if (res.kind === 'dir') {
       for (const b of res.bundles) this.log(`${b.status.padEnd(9)} ${b.name}@${b.version} ${b.url}`)
       for (const k of res.kernels) this.log(`${k.status.padEnd(9)} kernel ${k.ref}`)
-      this.log(`${res.indexChanged ? 'wrote' : 'unchanged'} ${res.index}`)
+      this.log(`${res.index_changed ? 'wrote' : 'unchanged'} ${res.index}`)
     } else {
       for (const b of res.bundles) this.log(`${b.status.padEnd(9)} ${b.name}@${b.version} ${b.reference}@${b.digest}`)
       for (const k of res.kernels) this.log(`${k.status.padEnd(9)} kernel ${k.ref} ${k.reference}@${k.digest}`)

@@ -42,7 +42,7 @@ describe('publish to a directory', () => {
     const dir = path.join(root, 'pub-merge')
     await publishToDir({ dir, bundles: [demo1], kernels: false, checksums: false, env: builder })
     const r = await publishToDir({ dir, bundles: [other], kernels: false, checksums: false, env: builder })
-    expect(r.indexChanged).toBe(true)
+    expect(r.index_changed).toBe(true)
     const index = JSON.parse(await fs.readFile(path.join(dir, 'index.json'), 'utf8')) as { bundles: Array<{ name: string; version: string }> }
     expect(index.bundles.map((b) => `${b.name}@${b.version}`)).toEqual(['demo@1.9', 'other@1'])
   })
