@@ -11,7 +11,7 @@ import path from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { waitForAgent, type AgentClient } from '../../src/runtime/agent/index.js'
-import { GUEST_BIN, buildGuest, collect, run, tempDir, waitForPath, type Running } from '../unit/agent/guest-harness.js'
+import { GUEST_BUILT, buildGuest, collect, run, tempDir, waitForPath, type Running } from '../unit/agent/guest-harness.js'
 
 const execFileP = promisify(execFile)
 
@@ -28,7 +28,8 @@ interface ImageConfig {
   hostname?: string
 }
 
-/** A busybox image with a user `app` (1000:1000, also in group `extra` 2000) and bale-init. */
+/** A busybox image with a user `app` (1000:1000, also in group `extra` 2000) and the static bale-init
+ * (always the built one: a sanitizer build is dynamic and cannot run in this image). */
 async function makeRoot(name: string, config: ImageConfig): Promise<string> {
   const root = path.join(base, name)
   for (const d of ['bin', 'etc', 'tmp', '.bale']) await fs.mkdir(path.join(root, d), { recursive: true })
@@ -37,7 +38,7 @@ async function makeRoot(name: string, config: ImageConfig): Promise<string> {
   for (const a of APPLETS) await fs.symlink('busybox', path.join(root, 'bin', a))
   await fs.writeFile(path.join(root, 'etc', 'passwd'), 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n')
   await fs.writeFile(path.join(root, 'etc', 'group'), 'root:x:0:\napp:x:1000:\nextra:x:2000:app\n')
-  await fs.copyFile(GUEST_BIN, path.join(root, '.bale', 'init'))
+  await fs.copyFile(GUEST_BUILT, path.join(root, '.bale', 'init'))
   await fs.chmod(path.join(root, '.bale', 'init'), 0o755)
   await fs.writeFile(path.join(root, '.bale', 'config.json'), JSON.stringify(config))
   return root
@@ -243,7 +244,7 @@ describe('stage 1 as PID 1', () => {
   /** A tmpfs "initramfs" holding only /init, chrooted into as PID 1 of fresh namespaces. */
   function stage1(cmdline: string): Running {
     const ir = path.join(base, `initramfs-${Math.random().toString(36).slice(2)}`)
-    const script = `set -e; mkdir -p ${ir}; mount -t tmpfs tmpfs ${ir}; cp ${GUEST_BIN} ${ir}/init; exec chroot ${ir} /init --stage1 --cmdline "$0" --agent-listen /.bale/agent.sock --console - --no-poweroff`
+    const script = `set -e; mkdir -p ${ir}; mount -t tmpfs tmpfs ${ir}; cp ${GUEST_BUILT} ${ir}/init; exec chroot ${ir} /init --stage1 --cmdline "$0" --agent-listen /.bale/agent.sock --console - --no-poweroff`
     return run('unshare', [...NAMESPACES, 'sh', '-c', script, cmdline])
   }
 

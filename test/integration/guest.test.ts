@@ -12,7 +12,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { AgentClient, waitForAgent, type ExecSession } from '../../src/runtime/agent/index.js'
 import { FrameType, MAX_PAYLOAD, PROTOCOL_VERSION, STREAM_WINDOW, encodeFrame } from '../../src/runtime/agent/protocol.js'
 import { BaleError } from '../../src/lib/errors.js'
-import { GUEST_BIN, RawConn, buildGuest, collect, hostUser, sourceVersion, startAgent, tempDir, type Running } from '../unit/agent/guest-harness.js'
+import { GUEST_BIN, GUEST_BUILT, RawConn, buildGuest, collect, hostUser, sourceVersion, startAgent, tempDir, type Running } from '../unit/agent/guest-harness.js'
 
 const execFileP = promisify(execFile)
 
@@ -55,7 +55,7 @@ afterAll(async () => {
 
 describe('the binary', () => {
   it('is a static ELF (no PT_INTERP) within the size budget', async () => {
-    const elf = await fs.readFile(GUEST_BIN)
+    const elf = await fs.readFile(GUEST_BUILT)
     expect(elf.subarray(0, 4).toString('latin1')).toBe('\x7fELF')
     expect(elf[4]).toBe(2) // ELFCLASS64
     const phoff = Number(elf.readBigUInt64LE(0x20))
@@ -73,7 +73,7 @@ describe('the binary', () => {
   })
 
   it('prints the version constant of its source, which HELLO also reports', async () => {
-    const { stdout } = await execFileP(GUEST_BIN, ['--version'])
+    const { stdout } = await execFileP(GUEST_BUILT, ['--version'])
     const version = await sourceVersion()
     expect(stdout).toBe(`${version}\n`)
     const c = await client()

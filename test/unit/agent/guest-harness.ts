@@ -16,11 +16,18 @@ const execFileP = promisify(execFile)
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..')
 export const GUEST_DIR = path.join(REPO, 'guest')
-export const GUEST_BIN = path.join(GUEST_DIR, 'out', 'bale-init')
+/** The binary `make -C guest` builds (what bundles carry). */
+export const GUEST_BUILT = path.join(GUEST_DIR, 'out', 'bale-init')
+/**
+ * The binary the agent tests run: the built one, or another build of the same sources named by
+ * BALE_GUEST_BIN (`make -C guest asan` gives one with AddressSanitizer and UBSan).
+ */
+export const GUEST_BIN = process.env.BALE_GUEST_BIN ? path.resolve(process.env.BALE_GUEST_BIN) : GUEST_BUILT
 
 /** Build the binary (make is incremental, and its output is renamed into place atomically). */
 export async function buildGuest(): Promise<string> {
   await execFileP('make', ['-C', GUEST_DIR, '--no-print-directory', '-s'], { timeout: 120_000 })
+  await fs.access(GUEST_BIN)
   return GUEST_BIN
 }
 
