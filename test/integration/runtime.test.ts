@@ -223,6 +223,14 @@ describe('bale runtime (TCG, real QEMU and kernel)', () => {
     await ok(['runtime', 'rm', 'ctrlc'])
   })
 
+  it('logs -f follows a detached VM until it stops', async () => {
+    await bootDetached('follow', ['--entrypoint', '/bin/sh', '--', '-c', 'for i in 1 2 3; do echo "line $i"; sleep 1; done; exit 4'])
+    const r = await ok(['runtime', 'logs', '-f', 'follow'])
+    expect(r.stdout).toMatch(/line 1\nline 2\nline 3\nbale-init: exit status 4\n$/)
+    expect(await vm('follow')).toMatchObject({ status: 'stopped', exitCode: 4 })
+    await ok(['runtime', 'rm', 'follow'])
+  })
+
   it('rm --force kills a running VM and removes it', async () => {
     const row = await bootDetached('forced', HTTPD)
     const r = JSON.parse((await ok(['runtime', 'rm', '--force', 'forced', '--json'])).stdout) as { killed: boolean }
