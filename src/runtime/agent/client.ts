@@ -85,6 +85,10 @@ function noop(): void {}
 /**
  * A connection to the guest agent over the unix socket QEMU exposes for the `org.bale.agent`
  * virtio port (or, in tests, the socket `bale-init --agent-listen` serves).
+ *
+ * Events: `close` (BaleError E_VM saying why) once the connection has ended, after every pending
+ * request, exec and `mainExit` was rejected with it; `protocol-error` (BaleError) when the guest
+ * refused a frame that no request waits for (a bug on one side, worth logging).
  */
 export class AgentClient extends EventEmitter {
   readonly hello: AgentHello

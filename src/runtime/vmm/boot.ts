@@ -239,8 +239,14 @@ async function waitForHello(paths: VmPaths, qemu: SpawnedQemu, timeoutMs: number
   })
 }
 
+/**
+ * Others hold a VM's lock for milliseconds (reconciliation) or for a whole stop; 5 s covers the
+ * former, and a stop of this VM meanwhile makes `running` moot anyway.
+ */
+const MARK_RUNNING_LOCK_MS = 5_000
+
 async function markRunning(paths: VmPaths, rt: RuntimeEnv): Promise<void> {
-  const lock = await lockVm(paths, 5_000)
+  const lock = await lockVm(paths, MARK_RUNNING_LOCK_MS)
   try {
     const view = await reconcileLocked(rt.store, paths, true)
     if (view.alive && view.record.status === 'starting') await writeRecord(paths.record, { ...view.record, status: 'running' })
@@ -289,7 +295,8 @@ async function runForeground(paths: VmPaths, qemu: SpawnedQemu, fg: ForegroundTa
   } finally {
     off()
   }
-  const view = await reconcile(rt.store, paths.name, 5_000).catch(() => undefined)
+  // Best effort: the exit code is already known from the console in all but odd cases.
+  const view = await reconcile(rt.store, paths.name, MARK_RUNNING_LOCK_MS).catch(() => undefined)
   const code = fg.exitCode() ?? view?.record.exit_code ?? undefined
   if (code === undefined || code === null) {
     throw new BaleError('E_VM', `VM ${paths.name} stopped without reporting its entrypoint's exit status (${describeExit(await qemu.exited)}); see bale runtime logs ${paths.name}`, {

@@ -23,7 +23,8 @@ const KILL_MS = 5_000
 /** Remove a VM's state directory: record, overlay, logs, sockets. The base image stays (shared). */
 export async function removeVm(opts: RemoveOptions, rt: RuntimeEnv = defaultRuntimeEnv()): Promise<RemoveResult> {
   const paths = vmPaths(rt.store, opts.name)
-  // A `stop` of this VM may hold the lock for its whole grace period; wait for it.
+  // A `stop` of this VM may hold the lock for its whole run: with the default 10 s grace at most
+  // 10 + 10 (guest teardown) + 5 (QMP quit) + 5 (SIGKILL) s.
   const lock = await lockVm(paths, 30_000)
   try {
     const view = await reconcileLocked(rt.store, paths, true)
