@@ -91,7 +91,6 @@ export async function makeBundle(opts: MakeBundleOptions, onEvent: (e: MakeBundl
     })
     onEvent({ stage: 'ext4', sizeBytes: plan.sizeBytes, inodes: plan.inodes })
 
-    const rootfsSha256 = await sha256File(rootfsTmp)
     const manifest: BundleManifest = {
       schema_version: 1,
       name: opts.name ?? defaultName(image.ref),
@@ -116,7 +115,7 @@ export async function makeBundle(opts: MakeBundleOptions, onEvent: (e: MakeBundl
         workdir: image.config.workingDir ?? '',
         exposed_ports: image.config.exposedPorts ?? [],
       },
-      rootfs: { file: 'rootfs.ext4', size: plan.sizeBytes, sha256: rootfsSha256 },
+      rootfs: { file: 'rootfs.ext4', size: plan.sizeBytes, sha256: plan.sha256 },
       agent: { version: opts.agentVersion, sha256: injected.initSha256 },
     }
 
@@ -150,17 +149,6 @@ export function uuidFrom(purpose: string, key: string): string {
   h[8] = (h[8]! & 0x3f) | 0x80
   const x = h.subarray(0, 16).toString('hex')
   return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20, 32)}`
-}
-
-async function sha256File(p: string): Promise<string> {
-  const hash = createHash('sha256')
-  const fh = await fs.open(p, 'r')
-  try {
-    for await (const chunk of fh.createReadStream()) hash.update(chunk as Buffer)
-  } finally {
-    await fh.close()
-  }
-  return hash.digest('hex')
 }
 
 /** `registry:5000/team/app:1.2` → `app`; `/x/demo.tar.gz` → `demo`; `oci-layout:/x/img:tag` → `img`. */

@@ -33,6 +33,7 @@ import { BLOCK_SIZE } from './geometry.js'
 import { planExt4, type Ext4Plan } from './plan.js'
 import { stageRoot, type StagedRoot } from './stage.js'
 import { MKE2FS_CONF, debugfs, e2fsck, mkfs } from './tools.js'
+import { sha256File } from '../../lib/hash.js'
 
 export { debugfsQuote, debugfsScript, MAX_DEBUGFS_LINE_BYTES } from './debugfs.js'
 export { minimumExt4Size, planExt4, type Ext4Plan } from './plan.js'
@@ -110,7 +111,12 @@ async function writeScript(file: string, lines: Iterable<ScriptLine>): Promise<v
  * it is created or truncated, never followed if it is a symlink, and removed on failure).
  * Scratch files live in `${staging}/root` and `${staging}/ext4`, both removed before returning.
  */
-export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Options): Promise<Ext4Plan> {
+/** What buildExt4 made: the plan it followed and the finished image's SHA-256 (hex). */
+export interface Ext4Result extends Ext4Plan {
+  sha256: string
+}
+
+export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Options): Promise<Ext4Result> {
   checkOptions(opts)
   const time = fsTimestamp(opts.timestamp)
   const plan = planExt4(tree, opts.sizeBytes)
@@ -164,8 +170,10 @@ export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Optio
     // The expected lines are generated again rather than kept: the script is as long as the tree.
     await checkDebugfsOutput(run.output, debugfsLines(tree, scriptOpts), run.code)
 
-    await e2fsck(out, path.join(scratch, 'e2fsck.log'))
-    return plan
+    // The image is final: hash it while e2fsck reads it (a child process on the other core),
+    // rather than in a second pass afterwards: the manifest needs the digest before compression.
+    const [, sha256] = await Promise.all([e2fsck(out, path.join(scratch, 'e2fsck.log')), sha256File(out)])
+    return { ...plan, sha256 }
   } catch (e) {
     if (created) await removeQuietly(out)
     throw e instanceof BaleError ? e : (fromSystemError(e, staging) ?? e)

@@ -1,9 +1,10 @@
 import { createHash } from 'node:crypto'
-import { createReadStream, promises as fs } from 'node:fs'
+import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { removeQuietly } from '../../lib/atomic.js'
 import { registerCleanup } from '../../lib/cleanup.js'
 import { BaleError } from '../../lib/errors.js'
+import { sha256File } from '../../lib/hash.js'
 import { extractVmlinux } from './bzimage.js'
 import { readDebFields, unpackDeb, type DebFields } from './deb.js'
 import { buildInitramfs } from './initramfs.js'
@@ -66,7 +67,7 @@ export async function importKernel(opts: ImportKernelOptions): Promise<ImportKer
   const store = opts.store ?? defaultStore()
   const progress = opts.onProgress ?? (() => undefined)
   if (opts.ref !== undefined) validateRef(opts.ref, '--ref')
-  const initSha = await sha256File(opts.init, 'init').catch((e: unknown) => {
+  const initSha = await checkedSha256(opts.init, 'init').catch((e: unknown) => {
     if (e instanceof BaleError && e.code === 'E_NOT_FOUND') {
       throw new BaleError('E_NOT_FOUND', `guest init ${opts.init} not found: build it with \`npm run build:guest\` (or give --init)`, { subject: opts.init, cause: e })
     }
@@ -76,10 +77,10 @@ export async function importKernel(opts: ImportKernelOptions): Promise<ImportKer
   let debFields: DebFields | undefined
   let sourceSha: string
   if (opts.source.kind === 'deb') {
-    sourceSha = await sha256File(opts.source.deb, '--deb')
+    sourceSha = await checkedSha256(opts.source.deb, '--deb')
     debFields = await readDebFields(opts.source.deb)
   } else {
-    sourceSha = await sha256File(opts.source.vmlinuz, '--vmlinuz')
+    sourceSha = await checkedSha256(opts.source.vmlinuz, '--vmlinuz')
     await assertDir(opts.source.modulesDir, '--modules')
   }
 
@@ -228,14 +229,12 @@ async function checkConfig(config: string): Promise<void> {
   }
 }
 
-async function sha256File(file: string, what: string): Promise<string> {
+async function checkedSha256(file: string, what: string): Promise<string> {
   const st = await fs.stat(file).catch((e: unknown) => {
     throw new BaleError('E_NOT_FOUND', `${what} ${file}: no such file`, { subject: file, cause: e })
   })
   if (!st.isFile()) throw new BaleError('E_INPUT', `${what} ${file}: not a regular file`, { subject: file })
-  const hash = createHash('sha256')
-  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer)
-  return hash.digest('hex')
+  return sha256File(file)
 }
 
 async function assertDir(dir: string, what: string): Promise<void> {
