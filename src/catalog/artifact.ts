@@ -135,24 +135,6 @@ export async function writeZstdLayer(rootfs: AsyncIterable<Buffer>, dest: string
 
 /** The decompressed bytes of a zstd layer file (frames decompressed in parallel, bounded memory). */
 export function readZstdLayer(file: string, name: string): AsyncGenerator<Buffer> {
-  return decompressFrames(withTrailingSkippableFrame(createReadStream(file) as AsyncIterable<Buffer>), { name, concurrency: defaultConcurrency() })
-}
-
-/**
- * Work around a zstd-frames.ts splitter bug: a stream whose last frame ends with an empty block
- * (zstd writes one when the content is a multiple of its 128 KiB block size, as an ext4 image's
- * last 8 MiB chunk usually is) makes ByteReader.take(0) read past its empty buffer. Appending an
- * empty skippable frame (RFC 8878 §3.1.2: magic 0x184D2A50, length 0) to the *last chunk* keeps
- * bytes buffered at that point; the splitter skips the frame. Only the decoding input changes,
- * never the blob. Remove once take(0) returns an empty buffer.
- */
-async function* withTrailingSkippableFrame(source: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-  const skippable = Buffer.from([0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0])
-  let held: Buffer | undefined
-  for await (const chunk of source) {
-    if (held !== undefined) yield held
-    held = chunk
-  }
-  yield held === undefined ? skippable : Buffer.concat([held, skippable])
+  return decompressFrames(createReadStream(file) as AsyncIterable<Buffer>, { name, concurrency: defaultConcurrency() })
 }
 

@@ -88,6 +88,9 @@ class ByteReader {
   }
 
   private take(n: number): Buffer {
+    // A last block of size 0 (zstd writes one when the content is a multiple of its 128 KiB
+    // block size) asks for 0 bytes when nothing may be buffered: there is no chunk to look at.
+    if (n === 0) return Buffer.alloc(0)
     this.offset += n
     this.buffered -= n
     const first = this.chunks[0] as Buffer

@@ -4,6 +4,7 @@ import { compress } from '@mongodb-js/zstd'
 import { describe, expect, it } from 'vitest'
 import { BaleError } from '../../../src/lib/errors.js'
 import { decompressFrames, type FrameUnit, splitFrames } from '../../../src/pipeline/bundle/zstd-frames.js'
+import { compressFrame } from '../../../src/pipeline/bundle/zstd-native.js'
 
 /** Feed a buffer as a stream of odd-sized chunks, so frame and block headers straddle chunks. */
 async function* chunks(buf: Buffer, size = 1000): AsyncGenerator<Buffer> {
@@ -137,5 +138,21 @@ describe('splitFrames', () => {
       expect(e.code).toBe('E_INPUT')
       expect(e.message).toMatch(/^b\.zst: corrupt zstd frame at offset 0: /)
     })
+  })
+})
+
+describe('zstd-empty-last-block', () => {
+  // zstd ends a frame whose content is a multiple of its 128 KiB block size with an empty last
+  // block; when that is the very end of the input, the splitter asked its reader for 0 bytes
+  // with nothing buffered and crashed (found on an ext4 rootfs, whose size is whole MiB).
+  it('decodes a stream that ends with an empty block, delivered in one chunk or byte by byte', async () => {
+    const data = Buffer.alloc(1024 * 1024, 0x5a)
+    const frame = await compressFrame(data, 3)
+    const chunkings: Buffer[][] = [[frame], Array.from(frame, (b) => Buffer.from([b]))]
+    for (const chunks of chunkings) {
+      const out: Buffer[] = []
+      for await (const b of decompressFrames((async function* () { yield* chunks })(), { name: 'empty-last-block', concurrency: 2 })) out.push(b)
+      expect(Buffer.concat(out).equals(data)).toBe(true)
+    }
   })
 })
