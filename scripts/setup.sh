@@ -19,6 +19,7 @@ APT_PACKAGES=(
   debootstrap          # builds the Debian image for benchmarks
   zstd lz4 xz-utils cpio
   util-linux           # setpriv, unshare: unprivileged and namespaced tests
+  procps               # pgrep: tests count QEMU processes as an operator would
   openssl              # token-auth test certificates
   ca-certificates
   time                 # /usr/bin/time for peak RSS in benchmarks

@@ -1,10 +1,10 @@
-import { createHash, randomBytes } from 'node:crypto'
-import { createReadStream, promises as fs } from 'node:fs'
+import { randomBytes } from 'node:crypto'
+import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { pipeline } from 'node:stream/promises'
 import { removeQuietly } from '../../lib/atomic.js'
 import { registerCleanup } from '../../lib/cleanup.js'
 import { BaleError, fromSystemError } from '../../lib/errors.js'
+import { sha256File as hashFile } from '../../lib/hash.js'
 import { run } from '../../lib/exec.js'
 import { extractRootfs } from '../../pipeline/bundle/reader.js'
 import type { BundleManifest } from '../../pipeline/bundle/manifest.js'
@@ -32,14 +32,13 @@ export interface BaseImage {
   readonly verified: boolean
 }
 
+/** The bundle's digest; a missing or unreadable bundle is reported by its path. */
 export async function sha256File(file: string): Promise<string> {
-  const h = createHash('sha256')
   try {
-    await pipeline(createReadStream(file), h)
+    return await hashFile(file)
   } catch (e) {
     throw fromSystemError(e, file) ?? e
   }
-  return h.digest('hex')
 }
 
 async function verifiedDigests(dir: string): Promise<Set<string>> {
