@@ -173,9 +173,7 @@ export async function commitBundle(file: string, b: CommitBundle, env: NodeJS.Pr
       await removeQuietly(file)
       return { status: 'unchanged' as const, path: dest }
     }
-    await fs.mkdir(path.dirname(dest), { recursive: true })
-    await moveInto(file, dest)
-    const record: StoreRecord = {
+    const candidate: StoreRecord = {
       name: b.name,
       version: b.version,
       file: rel,
@@ -187,6 +185,15 @@ export async function commitBundle(file: string, b: CommitBundle, env: NodeJS.Pr
       installed: new Date().toISOString(),
       origin: b.origin,
     }
+    // Check the record before touching the store: an index that readRecords would refuse
+    // (e.g. the reserved version 'latest') must never be written.
+    const parsed = RecordSchema.safeParse(candidate)
+    if (!parsed.success) {
+      throw new BaleError('E_INPUT', `bundle ${b.name}@${b.version}: cannot be installed (${parsed.error.issues[0]?.message ?? 'invalid'})`, { subject: `${b.name}@${b.version}` })
+    }
+    const record = parsed.data
+    await fs.mkdir(path.dirname(dest), { recursive: true })
+    await moveInto(file, dest)
     await writeRecords(env, [...records.filter((r) => r !== old), record])
     return { status: old === undefined ? ('installed' as const) : ('replaced' as const), path: dest }
   })

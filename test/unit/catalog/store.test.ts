@@ -29,6 +29,13 @@ async function install(name: string, version: string, content: Buffer): Promise<
 }
 
 describe('local bundle store', () => {
+  it('store-index-never-written-invalid: a reserved version is refused and the store stays readable', async () => {
+    const before = await listInstalled(env)
+    await expect(install('demo', 'latest', Buffer.from('x'))).rejects.toThrow(/demo@latest: cannot be installed/)
+    expect(await listInstalled(env)).toEqual(before)
+    await expect(fs.access(path.join(env.BALE_DATA_DIR as string, 'bundles', 'demo', 'latest'))).rejects.toThrow()
+  })
+
   it('installs, records, and resolves NAME to its newest version by natural order', async () => {
     const v9 = await install('demo', '3.9', Buffer.from('nine'))
     const v10 = await install('demo', '3.10', Buffer.from('ten'))
