@@ -3,11 +3,13 @@
 // the demo bundle made by `bale make-bundle` from fixtures/demo. Everything lives under a temp
 // BALE_DATA_DIR; every VM started here is stopped, and the suite checks that no QEMU is left.
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { copyFileSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeSync, closeSync, statSync } from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { commitBundle } from '../../src/catalog/store.js'
 import { bale, ensureBuilt, ROOT, type CliResult } from '../helpers/cli.js'
 
 const work = mkdtempSync(path.join(os.tmpdir(), 'bale-runtime-it-'))
@@ -270,6 +272,39 @@ describe('bale runtime (TCG, real QEMU and kernel)', () => {
     expect(qemuPids(row!.id)).toEqual([])
     expect((await vm('orphan'))?.status).toBe('stopped')
     await ok(['runtime', 'rm', 'orphan'])
+  })
+
+  it('boots an installed bundle by name with no network at all (unshare -n), then stops it', async () => {
+    const m = JSON.parse((await ok(['bundle', 'inspect', bundle, '--json'])).stdout) as { name: string; version: string; kernel_ref: string; created: string; rootfs: { sha256: string } }
+    const copy = path.join(work, 'to-install.tar.zst')
+    copyFileSync(bundle, copy)
+    const sha256 = createHash('sha256').update(readFileSync(copy)).digest('hex')
+    const size = statSync(copy).size
+    // What `bale install --from` ends with (tested with the catalog): the verified file committed to the store.
+    // Recorded as a catalog install records it: a real version ('latest' is the OCI tag that follows
+    // the newest) and the concrete kernel ref ('default' is only a local alias).
+    const kernels = JSON.parse((await ok(['kernel', 'ls', '--json'])).stdout) as Array<{ ref: string; default: boolean }>
+    const kernelRef = kernels.find((k) => k.default)?.ref as string
+    await commitBundle(copy, { name: m.name, version: '1.0.0', size, sha256, integrity: `sha256-${Buffer.from(sha256, 'hex').toString('base64')}`, kernel_ref: kernelRef, created: m.created, origin: 'test' }, env)
+    const boot = await new Promise<CliResult>((resolve) => {
+      const c = spawn('unshare', ['-n', '--', process.execPath, path.join(ROOT, 'bin', 'run.js'), 'runtime', 'boot', 'demo', '--detach', '--name', 'byname', ...HTTPD], { cwd: ROOT, env: { ...process.env, CI: 'true', ...env } })
+      let stdout = ''
+      let stderr = ''
+      c.stdout.on('data', (b: Buffer) => (stdout += b))
+      c.stderr.on('data', (b: Buffer) => (stderr += b))
+      c.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }))
+    })
+    expect(boot.code, boot.stderr).toBe(0)
+    expect(boot.stdout.trim()).toBe('byname')
+    const row = await vm('byname')
+    expect(row).toMatchObject({ status: 'running' })
+    expect(await run(['runtime', 'exec', 'byname', '--', 'cat', '/www/index.html'])).toMatchObject({ code: 0, stdout: expect.stringContaining('hello from a bale microVM') })
+    await ok(['runtime', 'stop', 'byname'])
+    await ok(['runtime', 'rm', 'byname'])
+    expect(qemuPids(row!.id)).toEqual([])
+    const missing = await run(['runtime', 'boot', 'nosuchbundle', '--detach'])
+    expect(missing.code).toBe(6)
+    expect(missing.stderr).toMatch(/nosuchbundle is not installed/)
   })
 
   it('a corrupt bundle is refused before QEMU starts', async () => {

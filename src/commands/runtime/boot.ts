@@ -1,9 +1,11 @@
+import { promises as fs } from 'node:fs'
 import { Args, Flags } from '@oclif/core'
 import path from 'node:path'
 import { BaseCommand } from '../../lib/base-command.js'
 import { BaleError } from '../../lib/errors.js'
 import { parseSize } from '../../lib/size.js'
 import { bootVm, Interrupts, parsePublishes, resolveEnv, validateName, type BootOptions, type BootResult } from '../../runtime/index.js'
+import { resolveInstalled } from '../../catalog/store.js'
 
 export type RuntimeBootJson = BootResult
 
@@ -23,7 +25,7 @@ export default class RuntimeBoot extends BaseCommand {
   ]
 
   static override args = {
-    bundle: Args.string({ description: 'bundle.tar.zst to boot', required: true }),
+    bundle: Args.string({ description: 'bundle.tar.zst to boot, or NAME[@VERSION] of an installed bundle (bale install/fetch)', required: true }),
   }
 
   static override flags = {
@@ -61,7 +63,7 @@ export default class RuntimeBoot extends BaseCommand {
     const dd = this.argv.indexOf('--')
     const cmd = dd < 0 ? undefined : this.argv.slice(dd + 1)
     const { args, flags } = await this.parse(RuntimeBoot, dd < 0 ? this.argv : this.argv.slice(0, dd))
-    const opts = resolveOptions(args.bundle, flags, cmd, process.env)
+    const opts = resolveOptions(await bundleFile(args.bundle), flags, cmd, process.env)
     const json = this.jsonEnabled()
     const res = await bootVm(opts, {
       warn: (m) => process.stderr.write(`bale: warning: ${m}\n`),
@@ -80,6 +82,19 @@ export default class RuntimeBoot extends BaseCommand {
     // The base command listens once; the next Ctrl-C must reach the runtime too.
     process.once(sig, () => this.onSignal(sig))
   }
+}
+
+/**
+ * A file that exists is booted as given; anything else is the NAME[@VERSION] of an installed
+ * bundle (what `bale install --from` and `bale fetch` put in the local store).
+ */
+async function bundleFile(arg: string): Promise<string> {
+  const isFile = await fs.stat(arg).then(
+    (s) => s.isFile(),
+    () => false,
+  )
+  if (isFile || arg.includes('/') || arg.endsWith('.tar.zst')) return arg
+  return resolveInstalled(arg)
 }
 
 interface BootFlags {
