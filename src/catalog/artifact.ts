@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import { createReadStream, createWriteStream } from 'node:fs'
-import { compress } from '@mongodb-js/zstd'
+import { compressFrame } from '../pipeline/bundle/zstd-native.js'
 import { z } from 'zod'
 import { BaleError } from '../lib/errors.js'
 import { defaultConcurrency, fixedChunks, FRAME_SIZE } from '../pipeline/bundle/writer.js'
@@ -121,7 +121,7 @@ export async function writeZstdLayer(rootfs: AsyncIterable<Buffer>, dest: string
   }
   try {
     for await (const chunk of fixedChunks(rootfs, FRAME_SIZE)) {
-      const p = compress(chunk, level)
+      const p = compressFrame(chunk, level)
       p.catch(() => undefined)
       inFlight.push(p)
       if (inFlight.length >= concurrency) await writeNext()
