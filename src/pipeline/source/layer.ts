@@ -118,9 +118,15 @@ export async function openLayerTar(blob: LayerBlob, label: string): Promise<Open
     void classify(err, blob, name, storedAlg, decompressor.stages).then(fail)
   }) as unknown as Readable
   upstream.pipe(out)
-  // A consumer that stops early (flatten rejected an entry) releases the file handles.
+  // A consumer that stops early (flatten rejected an entry) releases the file handles, and the
+  // digests settle here: Node 24's pipeline no longer reports a premature close when its
+  // last stream is destroyed without an error, so nothing else would ever settle them.
   out.on('close', () => {
     if (!upstream.readableEnded) upstream.destroy()
+    if (!settled) {
+      settled = true
+      rejectDigests(new BaleError('E_INPUT', `${name}: layer closed before it was read to the end`, { subject: blob.digest ?? name }))
+    }
   })
 
   return { tar: out, digests }
