@@ -31,8 +31,8 @@ int main(void) { sync(); reboot(RB_POWER_OFF); return 0; }
 `
 
 /**
- * A long-running entrypoint, so the VM is up when the agent answers. Named explicitly: the demo
- * image's config says /bin/httpd, where Debian's busybox-static has /usr/sbin/httpd.
+ * A long-running entrypoint, so the VM is up when the agent answers. Named explicitly, so the
+ * benchmark does not depend on what the demo fixture's config says.
  */
 const HTTPD = ['--entrypoint', '/usr/sbin/httpd', '--', '-f', '-p', '8080', '-h', '/www']
 
