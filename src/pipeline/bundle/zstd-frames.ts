@@ -77,7 +77,7 @@ class ByteReader {
   }
 
   /** Consume `n` bytes without keeping them (for skippable frames of any size). */
-  async skip(n: number, truncated: () => Error): Promise<void> {
+  async discard(n: number, truncated: () => Error): Promise<void> {
     let left = n
     while (left > 0) {
       if (!(await this.fill(1))) throw truncated()
@@ -135,7 +135,7 @@ export async function* splitFrames(source: AsyncIterable<Buffer>, opts: SplitOpt
     const magic = magicBuf.readUInt32LE(0)
     if ((magic & SKIPPABLE_MASK) >>> 0 === SKIPPABLE_MAGIC) {
       const len = (await r.read(4, truncated)).readUInt32LE(0)
-      await r.skip(len, truncated)
+      await r.discard(len, truncated)
       continue
     }
     if (magic !== ZSTD_MAGIC) {

@@ -117,7 +117,7 @@ class ByteSource {
   }
 
   /** Discard n bytes; false if the input ended first. */
-  async skip(n: number): Promise<boolean> {
+  async discard(n: number): Promise<boolean> {
     let left = n
     while (left > 0) {
       const b = await this.readSome(left)
@@ -243,7 +243,7 @@ export async function readTar(source: AsyncIterable<unknown>, label: string, onE
   async function readMeta(size: number, at: number, what: string): Promise<Buffer> {
     if (size > MAX_META_BYTES) throw inputError(label, `${what} at byte ${at} is ${size} bytes (limit ${MAX_META_BYTES})`)
     const data = await src.read(size)
-    if (data.length < size || !(await src.skip(padding(size)))) throw truncated()
+    if (data.length < size || !(await src.discard(padding(size)))) throw truncated()
     return data
   }
 
@@ -291,7 +291,7 @@ export async function readTar(source: AsyncIterable<unknown>, label: string, onE
         continue
       case 'V':
         // GNU volume label: describes the archive, not a file.
-        if (!(await src.skip(size + padding(size)))) throw truncated()
+        if (!(await src.discard(size + padding(size)))) throw truncated()
         continue
     }
 
@@ -356,6 +356,6 @@ export async function readTar(source: AsyncIterable<unknown>, label: string, onE
       }
     }
     await onEntry(header, body())
-    if (!(await src.skip(left + padding(dataSize)))) throw truncated()
+    if (!(await src.discard(left + padding(dataSize)))) throw truncated()
   }
 }
