@@ -85,6 +85,29 @@ export function parseWwwAuthenticate(header: string): Challenge[] {
   return out
 }
 
+/** Where a registry's Bearer tokens come from (from its 401 challenge). */
+export interface BearerRealm {
+  realm: string
+  service?: string
+}
+
+/**
+ * The scheme a 401 challenge asks for: Bearer preferred (it scopes what we may do), else Basic;
+ * undefined when the challenge names neither.
+ */
+export function schemeFromChallenges(challenges: Challenge[]): { scheme: 'bearer'; bearer: BearerRealm } | { scheme: 'basic' } | undefined {
+  const bearer = challenges.find((c) => c.scheme === 'bearer' && c.params.realm)
+  if (bearer !== undefined) {
+    return { scheme: 'bearer', bearer: { realm: bearer.params.realm as string, ...(bearer.params.service === undefined ? {} : { service: bearer.params.service }) } }
+  }
+  return challenges.some((c) => c.scheme === 'basic') ? { scheme: 'basic' } : undefined
+}
+
+/** `Authorization: Basic …` for these credentials, if any. */
+export function basicAuthorization(c: Credentials | undefined): string | undefined {
+  return c === undefined ? undefined : `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}`
+}
+
 export interface Credentials {
   readonly username: string
   readonly password: string

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import type { Readable } from 'node:stream'
 import { Agent, request, type Dispatcher } from 'undici'
 import { BaleError } from '../lib/errors.js'
-import { type Challenge, type Credentials, CREDS_ENV, parseWwwAuthenticate, TokenCache } from './auth.js'
+import { basicAuthorization, type Challenge, type Credentials, CREDS_ENV, parseWwwAuthenticate, schemeFromChallenges, TokenCache } from './auth.js'
 import { MANIFEST_ACCEPT, MAX_MANIFEST_BYTES } from './manifest.js'
 import { hostOf, type ImageReference, isLoopbackHost, SHA256_DIGEST } from './reference.js'
 import {
@@ -146,18 +146,14 @@ export class RegistryClient {
 
   /** Take the scheme a 401 challenge asks for (Bearer preferred: it scopes what we may do). */
   private adoptChallenge(challenges: Challenge[]): void {
-    const bearer = challenges.find((c) => c.scheme === 'bearer' && c.params.realm)
-    if (bearer !== undefined) {
-      this.scheme = 'bearer'
-      this.bearer = { realm: bearer.params.realm as string, ...(bearer.params.service === undefined ? {} : { service: bearer.params.service }) }
-    } else if (challenges.some((c) => c.scheme === 'basic')) {
-      this.scheme = 'basic'
-    }
+    const chosen = schemeFromChallenges(challenges)
+    if (chosen === undefined) return
+    this.scheme = chosen.scheme
+    if (chosen.scheme === 'bearer') this.bearer = chosen.bearer
   }
 
   private basicHeader(): string | undefined {
-    const c = this.opts.credentials
-    return c === undefined ? undefined : `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}`
+    return basicAuthorization(this.opts.credentials)
   }
 
   private async authorization(scope: string): Promise<string | undefined> {

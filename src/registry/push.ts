@@ -3,7 +3,7 @@ import { createReadStream } from 'node:fs'
 import type { Readable } from 'node:stream'
 import { Agent, request, type Dispatcher } from 'undici'
 import { BaleError } from '../lib/errors.js'
-import { type Challenge, type Credentials, parseWwwAuthenticate, TokenCache } from './auth.js'
+import { basicAuthorization, type Challenge, type Credentials, parseWwwAuthenticate, schemeFromChallenges, TokenCache } from './auth.js'
 import { readCapped } from './client.js'
 import { hostOf, type ImageReference, isLoopbackHost } from './reference.js'
 import { backoffDelay, DEFAULT_RETRY, errorCode, isRetryableStatus, isTransientNetworkError, parseRetryAfter, type RetryPolicy, sleep } from './retry.js'
@@ -214,18 +214,14 @@ export class RegistryPusher {
   }
 
   private adopt(challenges: Challenge[]): void {
-    const bearer = challenges.find((c) => c.scheme === 'bearer' && c.params.realm)
-    if (bearer !== undefined) {
-      this.scheme = 'bearer'
-      this.bearer = { realm: bearer.params.realm as string, ...(bearer.params.service === undefined ? {} : { service: bearer.params.service }) }
-    } else if (challenges.some((c) => c.scheme === 'basic')) {
-      this.scheme = 'basic'
-    }
+    const chosen = schemeFromChallenges(challenges)
+    if (chosen === undefined) return
+    this.scheme = chosen.scheme
+    if (chosen.scheme === 'bearer') this.bearer = chosen.bearer
   }
 
   private basic(): string | undefined {
-    const c = this.opts.credentials
-    return c === undefined ? undefined : `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}`
+    return basicAuthorization(this.opts.credentials)
   }
 
   private async authorization(): Promise<string | undefined> {
