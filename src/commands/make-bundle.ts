@@ -1,4 +1,4 @@
-import { Flags } from '@oclif/core'
+import { Flags, type Interfaces } from '@oclif/core'
 import path from 'node:path'
 import { BaseCommand } from '../lib/base-command.js'
 import { BaleError } from '../lib/errors.js'
@@ -69,12 +69,7 @@ export default class MakeBundle extends BaseCommand {
   }
 }
 
-type ParsedFlags = Awaited<ReturnType<MakeBundle['parse']>>['flags'] & {
-  image?: string
-  'oci-layout'?: string
-  'docker-archive'?: string
-  'rootfs-tar'?: string
-}
+type ParsedFlags = Interfaces.InferredFlags<typeof MakeBundle.flags>
 
 /** Flags → one validated, immutable options object, before any work starts. */
 async function resolveOptions(flags: ParsedFlags, env: NodeJS.ProcessEnv, onPullEvent?: (e: PullEvent) => void): Promise<MakeBundleOptions> {
