@@ -36,7 +36,7 @@ irreducible_run() {
   zstd -q -T2 -"$level" "$work/i.ext4" -o "$work/i.ext4.zst"
 }
 umoci unpack --rootless --image "$layout:bookworm" "$work/tree" >/dev/null
-bale_run # warm the page cache and the JIT-free paths once
+bale_run >/dev/null # warm the page cache once
 for _ in $(seq "$runs"); do
   timed bale bash -c "$(declare -f bale_run); work=$work layout=$layout size=$size level=$level bale_run"
   timed peer bash -c "$(declare -f peer_run); work=$work layout=$layout size=$size level=$level peer_run"
