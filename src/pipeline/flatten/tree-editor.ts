@@ -1,23 +1,13 @@
 import { promises as fs } from 'node:fs'
 import { BaleError } from '../../lib/errors.js'
-import { blobPath, type FlatTree, type Inode, type NodeKind, parentOf } from '../tree.js'
+import { blobPath, type FlatTree, type Inode, parentOf } from '../tree.js'
 import { showPath } from './names.js'
 
-/** What a member turns into: the metadata of a new node (regular files: content already in its blob). */
-export interface NodeSpec {
-  kind: NodeKind
-  /** Pre-allocated for regular files, whose blob is written while the layer is read. */
-  ino?: number
-  mode: number
-  uid: number
-  gid: number
-  mtime: number
-  size: number
-  xattrs: Map<string, Buffer>
-  linkTarget?: string
-  devMajor?: number
-  devMinor?: number
-}
+/**
+ * What a member turns into: an Inode without its identity, which the editor assigns (regular
+ * files come with theirs pre-allocated, since their blob is written while the layer is read).
+ */
+export type NodeSpec = Omit<Inode, 'ino'> & { ino?: number }
 
 /** A member of the layer, read but not applied yet. */
 export type LayerOp =
