@@ -5,6 +5,7 @@ import { z } from 'zod'
 import { removeQuietly, tempPathFor, writeFileAtomic } from '../lib/atomic.js'
 import { registerCleanup } from '../lib/cleanup.js'
 import { BaleError } from '../lib/errors.js'
+import { readJsonIfExists } from '../lib/json-file.js'
 import { dataDir } from '../lib/paths.js'
 import { withDirLock } from './lock.js'
 import { compareVersions, INTEGRITY_PATTERN, KERNEL_REF_PATTERN, NAME_PATTERN, parseNameAtVersion, SHA256_HEX_PATTERN, VERSION_PATTERN } from './schema.js'
@@ -63,19 +64,8 @@ function indexPath(env: NodeJS.ProcessEnv): string {
 
 async function readRecords(env: NodeJS.ProcessEnv): Promise<StoreRecord[]> {
   const file = indexPath(env)
-  let text: string
-  try {
-    text = await fs.readFile(file, 'utf8')
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return []
-    throw e
-  }
-  let doc: unknown
-  try {
-    doc = JSON.parse(text)
-  } catch {
-    throw new BaleError('E_STATE', `${file}: not valid JSON (the local bundle store index is damaged)`, { subject: file })
-  }
+  const doc = await readJsonIfExists(file, () => new BaleError('E_STATE', `${file}: not valid JSON (the local bundle store index is damaged)`, { subject: file }))
+  if (doc === undefined) return []
   const r = StoreIndexSchema.safeParse(doc)
   if (!r.success) throw new BaleError('E_STATE', `${file}: not a bale store index (${r.error.issues[0]?.message ?? 'invalid'})`, { subject: file })
   return r.data.bundles

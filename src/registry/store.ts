@@ -5,6 +5,7 @@ import type { Readable } from 'node:stream'
 import { removeQuietly, tempPathFor, writeFileAtomic } from '../lib/atomic.js'
 import { registerCleanup } from '../lib/cleanup.js'
 import { BaleError } from '../lib/errors.js'
+import { readJsonIfExists } from '../lib/json-file.js'
 import { type Descriptor, DescriptorSchema } from './manifest.js'
 import { SHA256_DIGEST } from './reference.js'
 
@@ -181,19 +182,8 @@ export class OciStore {
   /** index.json's descriptors, [] when the store has none. */
   async readIndex(): Promise<Descriptor[]> {
     const p = path.join(this.dir, 'index.json')
-    let text: string
-    try {
-      text = await fs.readFile(p, 'utf8')
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return []
-      throw e
-    }
-    let doc: unknown
-    try {
-      doc = JSON.parse(text)
-    } catch {
-      throw new BaleError('E_INPUT', `${p}: not valid JSON`, { subject: p })
-    }
+    const doc = await readJsonIfExists(p, () => new BaleError('E_INPUT', `${p}: not valid JSON`, { subject: p }))
+    if (doc === undefined) return []
     const manifests = typeof doc === 'object' && doc !== null ? (doc as { manifests?: unknown }).manifests : undefined
     if (!Array.isArray(manifests)) throw new BaleError('E_INPUT', `${p}: no 'manifests' array`, { subject: p })
     return manifests.map((m, i) => {
