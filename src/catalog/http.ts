@@ -3,7 +3,7 @@ import { Transform, type TransformCallback } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { Agent, request, type Dispatcher } from 'undici'
 import { BaleError } from '../lib/errors.js'
-import { isLoopbackHost } from '../registry/reference.js'
+import { plainHttpAllowed } from '../registry/reference.js'
 import { backoffDelay, DEFAULT_RETRY, errorCode, isRetryableStatus, isTransientNetworkError, type RetryPolicy, sleep } from '../registry/retry.js'
 import { checkDigests, DigestingStream, type ExpectedDigests, type FileDigests, integrityAlgorithm } from './integrity.js'
 import { MAX_DOCUMENT_BYTES } from './schema.js'
@@ -41,8 +41,7 @@ function header(res: Response, name: string): string | undefined {
 export function checkScheme(url: URL, insecure: boolean | undefined, what: string): void {
   if (url.protocol === 'https:') return
   if (url.protocol !== 'http:') throw new BaleError('E_USAGE', `${what}: ${url.protocol} URLs are not supported (http or https)`, { subject: String(url) })
-  const host = url.hostname.replace(/^\[|\]$/g, '')
-  if (!insecure && !isLoopbackHost(host)) {
+  if (!plainHttpAllowed(url.hostname, insecure)) {
     throw new BaleError('E_USAGE', `${what}: refusing plain HTTP to ${url.host} (use https, or --insecure)`, { subject: String(url) })
   }
 }

@@ -4,7 +4,7 @@ import { Agent, request, type Dispatcher } from 'undici'
 import { BaleError } from '../lib/errors.js'
 import { basicAuthorization, type Challenge, type Credentials, CREDS_ENV, parseWwwAuthenticate, schemeFromChallenges, TokenCache } from './auth.js'
 import { MANIFEST_ACCEPT, MAX_MANIFEST_BYTES } from './manifest.js'
-import { hostOf, type ImageReference, isLoopbackHost, SHA256_DIGEST } from './reference.js'
+import { type ImageReference, plainHttpAllowed, registryOrigin, SHA256_DIGEST } from './reference.js'
 import {
   backoffDelay,
   DEFAULT_RETRY,
@@ -100,8 +100,7 @@ export class RegistryClient {
     readonly ref: ImageReference,
     private readonly opts: ClientOptions = {},
   ) {
-    const plain = opts.insecure === true || isLoopbackHost(hostOf(ref.registry))
-    this.origin = `${plain ? 'http' : 'https'}://${ref.registry}`
+    this.origin = registryOrigin(ref, opts.insecure)
     this.retry = opts.retry ?? DEFAULT_RETRY
     this.defaultScope = `repository:${ref.repository}:pull`
     this.dispatcher = new Agent({ headersTimeout: HEADERS_TIMEOUT_MS, bodyTimeout: BODY_TIMEOUT_MS })
@@ -187,7 +186,7 @@ export class RegistryClient {
       throw new BaleError('E_AUTH', `${this.ref.registry}: token realm '${realm}' is not http(s)`, { subject: realm })
     }
     const creds = this.opts.credentials
-    if (url.protocol === 'http:' && creds !== undefined && !this.opts.insecure && !isLoopbackHost(url.hostname.replace(/^\[|\]$/g, ''))) {
+    if (url.protocol === 'http:' && creds !== undefined && !plainHttpAllowed(url.hostname, this.opts.insecure)) {
       throw new BaleError('E_AUTH', `${this.ref.registry}: refusing to send credentials to plain-HTTP token realm ${realm} (use --insecure to allow)`, { subject: realm })
     }
     if (service !== undefined) url.searchParams.set('service', service)
@@ -266,7 +265,7 @@ export class RegistryClient {
       } catch {
         throw new BaleError('E_NETWORK', `GET ${current}: redirect to an invalid URL '${location}'`, { subject: String(current) })
       }
-      if (current.protocol === 'https:' && next.protocol === 'http:' && !this.opts.insecure && !isLoopbackHost(next.hostname)) {
+      if (current.protocol === 'https:' && next.protocol === 'http:' && !plainHttpAllowed(next.hostname, this.opts.insecure)) {
         throw new BaleError('E_NETWORK', `GET ${current}: refusing redirect from https to plain http (${next.origin})`, { subject: String(current) })
       }
       if (next.protocol !== 'http:' && next.protocol !== 'https:') {

@@ -5,7 +5,7 @@ import { Agent, request, type Dispatcher } from 'undici'
 import { BaleError } from '../lib/errors.js'
 import { basicAuthorization, type Challenge, type Credentials, parseWwwAuthenticate, schemeFromChallenges, TokenCache } from './auth.js'
 import { readCapped } from './client.js'
-import { hostOf, type ImageReference, isLoopbackHost } from './reference.js'
+import { type ImageReference, plainHttpAllowed, registryOrigin } from './reference.js'
 import { backoffDelay, DEFAULT_RETRY, errorCode, isRetryableStatus, isTransientNetworkError, parseRetryAfter, type RetryPolicy, sleep } from './retry.js'
 
 /**
@@ -70,8 +70,7 @@ export class RegistryPusher {
     readonly ref: ImageReference,
     private readonly opts: PushOptions = {},
   ) {
-    const plain = opts.insecure === true || isLoopbackHost(hostOf(ref.registry))
-    this.origin = `${plain ? 'http' : 'https'}://${ref.registry}`
+    this.origin = registryOrigin(ref, opts.insecure)
     this.retry = opts.retry ?? DEFAULT_RETRY
     this.scope = `repository:${ref.repository}:pull,push`
   }
@@ -240,7 +239,7 @@ export class RegistryPusher {
     if (url.protocol !== 'https:' && url.protocol !== 'http:') {
       throw new BaleError('E_AUTH', `${this.ref.registry}: token realm '${realm}' is not http(s)`, { subject: realm })
     }
-    if (url.protocol === 'http:' && this.opts.credentials !== undefined && !this.opts.insecure && !isLoopbackHost(url.hostname)) {
+    if (url.protocol === 'http:' && this.opts.credentials !== undefined && !plainHttpAllowed(url.hostname, this.opts.insecure)) {
       throw new BaleError('E_AUTH', `${this.ref.registry}: refusing to send credentials to plain-HTTP token realm ${realm} (use --insecure to allow)`, { subject: realm })
     }
     if (service !== undefined) url.searchParams.set('service', service)

@@ -106,7 +106,19 @@ export function hostOf(registry: string): string {
   return colon >= 0 ? registry.slice(0, colon) : registry
 }
 
-/** Loopback registries may be spoken to over plain HTTP (as Docker allows for localhost). */
+/**
+ * Plain HTTP is allowed to loopback hosts (as Docker allows for localhost) or anywhere with
+ * --insecure. `host` may be bare or a URL's hostname, which keeps IPv6 brackets ("[::1]").
+ */
+export function plainHttpAllowed(host: string, insecure: boolean | undefined): boolean {
+  return insecure === true || isLoopbackHost(host.replace(/^\[|\]$/g, ''))
+}
+
+/** `http://` or `https://` + the registry, by the plain-HTTP rule above. */
+export function registryOrigin(ref: ImageReference, insecure: boolean | undefined): string {
+  return `${plainHttpAllowed(hostOf(ref.registry), insecure) ? 'http' : 'https'}://${ref.registry}`
+}
+
 export function isLoopbackHost(host: string): boolean {
   const h = host.toLowerCase()
   return h === 'localhost' || h.endsWith('.localhost') || /^127(?:\.\d{1,3}){3}$/.test(h) || h === '::1'

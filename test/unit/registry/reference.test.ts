@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { BaleError } from '../../../src/lib/errors.js'
-import { hostOf, isLoopbackHost, parseReference } from '../../../src/registry/reference.js'
+import { hostOf, isLoopbackHost, parseReference, plainHttpAllowed, registryOrigin } from '../../../src/registry/reference.js'
 
 const D = `sha256:${'a'.repeat(64)}`
 
@@ -72,5 +72,26 @@ describe('loopback', () => {
     ['127.0.0.1.example.com', false],
   ])('%s → %s', (registry, loop) => {
     expect(isLoopbackHost(hostOf(registry))).toBe(loop)
+  })
+})
+
+describe('plain HTTP rule', () => {
+  it.each([
+    ['127.0.0.1', false, true],
+    ['localhost', false, true],
+    ['[::1]', false, true], // a URL's hostname keeps IPv6 brackets
+    ['::1', false, true],
+    ['registry.example', false, false],
+    ['[2001:db8::1]', false, false],
+    ['registry.example', true, true],
+  ])('%s (insecure=%s): plain HTTP allowed = %s', (host, insecure, allowed) => {
+    expect(plainHttpAllowed(host, insecure)).toBe(allowed)
+  })
+
+  it('picks the origin scheme by the same rule', () => {
+    expect(registryOrigin(parseReference('127.0.0.1:5000/a/b:t'), false)).toBe('http://127.0.0.1:5000')
+    expect(registryOrigin(parseReference('[::1]:5000/a/b:t'), false)).toBe('http://[::1]:5000')
+    expect(registryOrigin(parseReference('registry.example/a/b:t'), false)).toBe('https://registry.example')
+    expect(registryOrigin(parseReference('registry.example/a/b:t'), true)).toBe('http://registry.example')
   })
 })
