@@ -205,12 +205,25 @@ describe('bale runtime (TCG, real QEMU and kernel)', () => {
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     let out = ''
+    let err = ''
+    let exited: number | null | undefined
     child.stdout.on('data', (b: Buffer) => (out += b.toString()))
-    child.stderr.on('data', () => undefined)
-    const closed = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)))
+    child.stderr.on('data', (b: Buffer) => (err += b.toString()))
+    const closed = new Promise<number | null>((resolve) =>
+      child.on('close', (code) => {
+        exited = code
+        resolve(code)
+      }),
+    )
+    const consoleLog = path.join(env.BALE_DATA_DIR, 'vms', 'ctrlc', 'console.log')
     const until = async (what: string, cond: () => boolean): Promise<void> => {
       for (let i = 0; !cond(); i++) {
-        if (i > 1200) throw new Error(`timed out waiting for ${what}`)
+        if (i > 1200 || exited !== undefined) {
+          // Everything needed to tell a lost line from a guest that never got there.
+          const rec = existsSync(record) ? readFileSync(record, 'utf8') : '(no record)'
+          const log = existsSync(consoleLog) ? JSON.stringify(readFileSync(consoleLog, 'utf8').slice(-4000)) : '(no console log)'
+          throw new Error(`gave up waiting for ${what}; bale exit ${String(exited)}\nstdout: ${JSON.stringify(out)}\nstderr: ${err}\nrecord: ${rec}\nconsole: ${log}`)
+        }
         await new Promise((r) => setTimeout(r, 100))
       }
     }
