@@ -94,7 +94,8 @@ async function main(): Promise<void> {
       '-accel', accel, '-cpu', accel === 'kvm' ? 'host' : 'max', '-smp', '1', '-m', '512M',
       '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
       '-kernel', kernel.vmlinux, '-initrd', initrd.path,
-      '-append', `console=ttyS0 quiet panic=-1${accel === 'tcg' && khz ? ` tsc_early_khz=${khz}` : ''}`,
+      // The runtime's kernel-wide switches (not its root= and bale.* ones): the baseline is the same kernel start.
+      '-append', `console=ttyS0 quiet panic=-1 cryptomgr.notests${accel === 'tcg' && khz ? ` tsc_early_khz=${khz}` : ''}`,
       '-serial', `file:${path.join(work, 'bare-console.log')}`,
     ]
 

@@ -92,7 +92,7 @@ describe('QEMU argv', () => {
 describe('kernel command line', () => {
   it('has the root disk, quiet console and panic=-1; tsc_early_khz only under TCG', () => {
     const tcg = kernelCmdline({ accel: 'tcg', hostname: 'web', tscKhz: 2445406 })
-    expect(tcg.split(' ')).toEqual(['console=ttyS0', 'root=/dev/vda', 'rw', 'quiet', 'panic=-1', 'tsc_early_khz=2445406', 'bale.hostname=web'])
+    expect(tcg.split(' ')).toEqual(['console=ttyS0', 'root=/dev/vda', 'rw', 'quiet', 'panic=-1', 'cryptomgr.notests', 'tsc_early_khz=2445406', 'bale.hostname=web'])
     expect(kernelCmdline({ accel: 'kvm', hostname: 'web', tscKhz: 2445406 })).not.toContain('tsc_early_khz')
   })
 
