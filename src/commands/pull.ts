@@ -1,7 +1,9 @@
 import { Args, Flags } from '@oclif/core'
 import { BaseCommand } from '../lib/base-command.js'
-import { DEFAULT_CONCURRENCY, pull, type PullOptions } from '../pipeline/source/registry.js'
 import { createPullProgress, formatBytes } from '../registry/progress.js'
+// The engine itself, not pipeline/source/registry.ts's re-export, which also loads the image-config
+// mapping that only make-bundle needs: less to load before `bale pull` sends its first request.
+import { DEFAULT_CONCURRENCY, pull, type PullOptions } from '../registry/pull.js'
 
 export interface PullJson {
   ref: string
