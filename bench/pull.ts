@@ -8,9 +8,10 @@
  *     --target es2022 --skipLibCheck --strict bench/pull.ts && node .cache/bench/bench/pull.js [LAYOUT[:TAG]] [RUNS]
  *
  * LAYOUT defaults to the Debian bookworm minbase fixture (fixtures/debian/build.sh, two gzip
- * layers, ~58 MB compressed). Both tools run as fresh processes, so bale's CLI numbers include
- * Node and oclif start-up; that start-up is timed on its own (`bale --version`), and the pull
- * engine is also timed in this process (dist/registry/pull.js), which is what start-up hides.
+ * layers, ~58 MB compressed); pass '' to keep it and set RUNS. Both tools run as fresh
+ * processes, so bale's CLI numbers include Node and oclif start-up (bin/run.js over the bundle
+ * in dist/cli); that start-up is timed on its own (`bale --version`), and the pull engine is
+ * also timed in this process (tsc's dist/registry/pull.js), which is what start-up hides.
  */
 import { execFileSync, spawnSync } from 'node:child_process'
 import { promises as fs } from 'node:fs'
@@ -39,7 +40,7 @@ async function main(): Promise<void> {
   await fs.access(path.join(ROOT, 'dist', 'commands', 'pull.js')).catch(() => {
     throw new Error('run from the repository root after `npm run build` (dist/commands/pull.js is missing)')
   })
-  const arg = process.argv[2]
+  const arg = process.argv[2] || undefined // '' too: `pull.js '' 9` takes the default image with 9 runs
   const runs = Number(process.argv[3] ?? 5)
   const spec = arg ?? `${execFileSync('bash', [path.join(ROOT, 'fixtures', 'debian', 'build.sh')], { encoding: 'utf8' }).trim()}:bookworm`
   const colon = spec.lastIndexOf(':')
