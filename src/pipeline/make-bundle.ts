@@ -82,6 +82,8 @@ export async function makeBundle(opts: MakeBundleOptions, onEvent: (e: MakeBundl
       size: opts.sizeBytes ?? null,
       epoch,
     })
+    // Read from the staged blobs before the ext4 stage, which may consume them.
+    const distro = opts.distro ?? (await detectDistro(tree)) ?? 'unknown'
     const rootfsTmp = path.join(staging, 'rootfs.ext4')
     const plan = await buildExt4(tree, rootfsTmp, {
       sizeBytes: opts.sizeBytes,
@@ -96,7 +98,7 @@ export async function makeBundle(opts: MakeBundleOptions, onEvent: (e: MakeBundl
       name: opts.name ?? defaultName(image.ref),
       version: opts.version ?? defaultVersion(image.ref),
       description: opts.description,
-      distro: opts.distro ?? (await detectDistro(tree)) ?? 'unknown',
+      distro,
       arch: opts.arch ?? image.architecture ?? 'amd64',
       kernel_ref: opts.kernelRef,
       created: new Date(epoch * 1000).toISOString(),
