@@ -370,6 +370,36 @@ export class RegistryClient {
   }
 
   /**
+   * Read a small blob (an image config) into memory, verified against its digest and its
+   * descriptor's size. Cheaper than streaming it to a partial file: no lock, no temp file, no
+   * re-read from disk, and the caller parses the bytes it already has.
+   */
+  async fetchSmallBlob(digest: string, size: number, cap: number): Promise<Buffer> {
+    const what = `blob ${digest} of ${this.name}`
+    if (size > cap) throw new BaleError('E_INPUT', `${what}: ${size} bytes exceeds the ${cap}-byte limit`, { subject: digest })
+    const res = await this.get(what, `blobs/${digest}`, {})
+    if (res.statusCode !== 200) throw await this.statusError(res, what, 'blob')
+    const chunks: Buffer[] = []
+    let total = 0
+    for await (const chunk of res.body) {
+      const b = chunk as Buffer
+      total += b.length
+      if (total > size) {
+        res.body.destroy()
+        throw new BaleError('E_DIGEST', `blob ${digest}: registry sent more than the ${size} bytes its descriptor says`, { subject: digest })
+      }
+      chunks.push(b)
+    }
+    const bytes = Buffer.concat(chunks)
+    if (bytes.length !== size) {
+      throw new BaleError('E_NETWORK', `${what}: response ended at byte ${bytes.length} of ${size}`, { subject: digest, temporary: true })
+    }
+    const got = `sha256:${sha256Hex(bytes)}`
+    if (got !== digest) throw new BaleError('E_DIGEST', `blob ${digest}: expected ${digest} got ${got}`, { subject: digest })
+    return bytes
+  }
+
+  /**
    * Open a blob from byte `offset` on (Range), for the caller to stream and verify. Returns the
    * response with status 200 (whole blob: the registry ignored Range) or 206 (from `offset`).
    */

@@ -158,30 +158,34 @@ class PullSession {
 
   async run(): Promise<PullResult> {
     const { ref, store, opts } = this
-    if (opts.offline) {
-      if (!(await store.exists())) {
-        throw new BaleError('E_NOT_FOUND', `offline: ${ref.canonical} is not in the store ${store.dir} (no store there yet); pull it once online first`, {
-          subject: ref.canonical,
-        })
-      }
-    } else {
-      await store.init()
+    if (opts.offline && !(await store.exists())) {
+      throw new BaleError('E_NOT_FOUND', `offline: ${ref.canonical} is not in the store ${store.dir} (no store there yet); pull it once online first`, {
+        subject: ref.canonical,
+      })
     }
+    // Making the store's skeleton (directories, oci-layout, an empty index.json: a handful of
+    // file operations, two of them fsynced) overlaps with the first requests on a cold pull;
+    // everything that writes to the store awaits it first. (Marked handled here so that a
+    // failure surfaces where it is awaited, not as an unhandled rejection.)
+    const storeReady = opts.offline ? Promise.resolve() : store.init()
+    storeReady.catch(() => undefined)
 
     // 1. What the reference points to: a pinned digest, the store's record of the tag, or the registry.
     let top: { digest: string; mediaType?: string; size?: number }
     let topParsed: { parsed: ParsedManifest; size: number } | undefined
     if (ref.digest !== undefined) {
+      await storeReady
       top = { digest: ref.digest }
     } else {
+      // index.json is only read here, and a store not made yet reads as empty.
       const known = opts.refresh ? undefined : await store.lookupRef(ref.canonical)
       if (known !== undefined) {
+        await storeReady
         top = known
       } else if (opts.offline) {
         throw this.offlineMissing(`tag ${ref.tag ?? 'latest'}`)
       } else {
-        const client = await this.client()
-        const fetched = await client.fetchManifest(ref.tag ?? 'latest')
+        const [fetched] = await Promise.all([this.client().then((c) => c.fetchManifest(ref.tag ?? 'latest')), storeReady])
         const parsed = parseManifest(fetched.bytes, fetched.contentType, `${this.name}:${ref.tag ?? 'latest'}`)
         await store.putSmallBlob(fetched.digest, fetched.bytes)
         top = { digest: fetched.digest, mediaType: parsed.mediaType, size: fetched.bytes.length }
@@ -213,16 +217,9 @@ class PullSession {
     // with the layers (one round trip fewer, which matters on a distant registry); a
     // single-platform image's config comes first, because it says which platform the image is
     // and a wrong one must fail before any layer is downloaded.
-    const configWhere = `config ${manifest.config.digest} of ${ref.canonical}`
-    const readConfig = async (): Promise<ConfigFile> => {
-      const bytes = await store.readSmallBlob(manifest.config.digest, MAX_CONFIG_BYTES, configWhere)
-      if (bytes === undefined) throw this.offlineMissing(`config ${manifest.config.digest}`)
-      return parseConfigFile(bytes, configWhere)
-    }
     let config: ConfigFile | undefined
     if (platform === undefined) {
-      await this.ensureBlobs([{ desc: manifest.config, role: 'config' }])
-      config = await readConfig()
+      config = await this.loadConfig(manifest.config)
       platform = this.checkSinglePlatform(config, currentDigest)
     }
     this.emit({
@@ -234,12 +231,13 @@ class PullSession {
       layers: manifest.layers.length,
       bytes: manifest.layers.reduce((n, l) => n + l.size, 0),
     })
-    await this.ensureBlobs([
-      ...(config === undefined ? [{ desc: manifest.config, role: 'config' as const }] : []),
-      ...manifest.layers.map((desc) => ({ desc, role: 'layer' as const })),
-    ])
+    const layers = this.ensureBlobs(manifest.layers.map((desc) => ({ desc, role: 'layer' as const })))
     if (config === undefined) {
-      config = await readConfig()
+      // Settle the layers before an error from the config propagates, so no download outlives the pull.
+      const [cfg] = await Promise.allSettled([this.loadConfig(manifest.config), layers])
+      await layers
+      if (cfg.status === 'rejected') throw cfg.reason
+      config = cfg.value
       // The index's word for the platform must agree with the image's own config (a config
       // without a variant, as older arm images have, is taken at the index's word for it).
       if (config.os !== undefined && config.architecture !== undefined) {
@@ -254,6 +252,7 @@ class PullSession {
         }
       }
     }
+    await layers
     if (config.rootfs.diff_ids.length !== manifest.layers.length) {
       throw new BaleError(
         'E_INPUT',
@@ -319,6 +318,56 @@ class PullSession {
       throw new BaleError('E_DIGEST', `${where}: expected ${desc.size} bytes got ${bytes.length}`, { subject: desc.digest })
     }
     return { parsed: parseManifest(bytes, declared, where), size: bytes.length }
+  }
+
+  /**
+   * The image config, from the store (re-verified) or the registry: read into memory, verified
+   * against its digest and size, stored, and parsed from the bytes in hand. A config is KiBs,
+   * so it skips what a layer needs (download lock, partial file, resume); a dropped connection
+   * just fetches it again.
+   */
+  private async loadConfig(desc: Descriptor): Promise<ConfigFile> {
+    const where = `config ${desc.digest} of ${this.ref.canonical}`
+    let bytes: Buffer | undefined
+    try {
+      bytes = await this.store.readSmallBlob(desc.digest, MAX_CONFIG_BYTES, where)
+    } catch (e) {
+      // A corrupt cached config was removed; online we fetch it again, offline that is the end.
+      if (!(e instanceof BaleError && e.code === 'E_DIGEST') || this.opts.offline) throw e
+    }
+    if (bytes !== undefined) {
+      if (bytes.length !== desc.size) throw new BaleError('E_DIGEST', `${where}: expected ${desc.size} bytes got ${bytes.length}`, { subject: desc.digest })
+      this.emit({ type: 'blob-done', role: 'config', digest: desc.digest, size: desc.size, cached: true, resumedFrom: 0 })
+      return parseConfigFile(bytes, where)
+    }
+    if (this.opts.offline) throw this.offlineMissing(`config ${desc.digest}`)
+    const client = await this.client()
+    this.emit({ type: 'blob-start', role: 'config', digest: desc.digest, size: desc.size, offset: 0 })
+    for (let tries = 1; ; tries++) {
+      try {
+        bytes = await client.fetchSmallBlob(desc.digest, desc.size, MAX_CONFIG_BYTES)
+        break
+      } catch (e) {
+        if (this.opts.signal?.aborted) throw e
+        const transient = e instanceof BaleError ? e.temporary : isTransientNetworkError(e)
+        if (!transient || tries >= this.retry.attempts) {
+          if (e instanceof BaleError) throw e
+          throw new BaleError('E_NETWORK', `${where}: ${describeNetworkError(e)} after ${tries} ${tries === 1 ? 'try' : 'tries'}`, {
+            subject: desc.digest,
+            cause: e,
+            temporary: true,
+          })
+        }
+        const delayMs = backoffDelay(this.retry, tries)
+        this.emit({ type: 'retry', what: where, attempt: tries, delayMs, reason: e instanceof BaleError ? e.message : describeNetworkError(e) })
+        await sleep(delayMs, this.opts.signal)
+      }
+    }
+    await this.store.putSmallBlob(desc.digest, bytes)
+    this.downloaded++
+    this.downloadedBytes += desc.size
+    this.emit({ type: 'blob-done', role: 'config', digest: desc.digest, size: desc.size, cached: false, resumedFrom: 0 })
+    return parseConfigFile(bytes, where)
   }
 
   private async ensureBlobs(blobs: ReadonlyArray<{ desc: Descriptor; role: BlobRole }>): Promise<void> {
