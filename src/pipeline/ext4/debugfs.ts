@@ -1,8 +1,16 @@
 /**
- * The debugfs half of the ext4 stage: one script that gives every inode its owner, full mode,
- * times and xattrs, creates devices and fifos, and links extra names that mke2fs -d cannot
- * (hard-linked symlinks, devices, fifos); and the reading of debugfs's output, since debugfs
+ * The debugfs half of the ext4 stage: what only debugfs can do to the image mke2fs -d made —
+ * create devices and fifos (mknod needs root on the host, so they cannot be staged), set xattrs
+ * (mke2fs would copy the staging host's own), and link the extra names mke2fs -d cannot
+ * (hard-linked symlinks, devices, fifos) — and the reading of debugfs's output, since debugfs
  * exits 0 when its commands fail.
+ *
+ * Owner, mode and times of the inodes mke2fs made are no longer debugfs's job: image.ts writes
+ * them straight into the inode tables (six `sif` lines per inode at 0.1–0.2 ms each were most of
+ * the stage), and the script generated here with `patched` leaves them out. Without `patched`
+ * it is still the whole script (every inode's attributes), which the tests use as the reference
+ * the patcher must match byte for byte. Most images have no devices, fifos or xattrs left to
+ * set, and then debugfs does not run at all.
  *
  * debugfs (e2fsprogs 1.47.0) facts this relies on, each pinned by a test:
  * - a script line is read with fgets(buf, BUFSIZ = 8192): at most 8190 bytes before the '\n',
@@ -16,9 +24,9 @@
  *   lines in order (stdout and stderr to one file keep the order), mknod prints `Allocated inode: N`;
  * - a path is looked up by iterating over each directory's blocks, so commands by path in a
  *   wide directory are slow (measured: 30k `sif` lines on 5000 names of one directory, 27 s by
- *   path, 0.55 s by inode number). The build therefore lists every directory once (`ls -p`,
- *   which prints raw names) and addresses the inodes mke2fs made by number; only devices, fifos
- *   and extra symlink names, which debugfs itself creates, are addressed by path.
+ *   path, 0.55 s by inode number). The inodes mke2fs made are therefore addressed by the number
+ *   image.ts read for them; only devices, fifos and extra symlink names, which debugfs itself
+ *   creates, are addressed by path.
  */
 import path from 'node:path'
 import { BaleError } from '../../lib/errors.js'
@@ -31,7 +39,7 @@ export const MAX_DEBUGFS_LINE_BYTES = 8190
 export const EXT4_TIME_MAX = 2 ** 34 - 2 ** 31 - 1
 
 /** The S_IFMT type bits `sif mode` needs alongside the permission bits. */
-const TYPE_BITS: Record<NodeKind, number> = {
+export const TYPE_BITS: Record<NodeKind, number> = {
   file: 0o100000,
   dir: 0o040000,
   symlink: 0o120000,
@@ -46,10 +54,15 @@ export interface DebugfsScriptOptions {
   /** Directory holding the xattr value files, named by xattrValueFile(). */
   xattrDir: string
   /**
-   * Inode numbers of the entries mke2fs made, by tree path (from listTreeInodes()). With it,
-   * those inodes are addressed as `<N>`; without it every command takes an absolute path.
+   * Inode numbers of the entries mke2fs made, by tree path (from Ext4Image.treeInodes()). With
+   * it, those inodes are addressed as `<N>`; without it every command takes an absolute path.
    */
   inodes?: ReadonlyMap<string, number>
+  /**
+   * The inodes mke2fs made already have their owner, mode and times (Ext4Image.patchInodes()):
+   * leave out their `sif` lines, keeping only what debugfs alone can do.
+   */
+  patched?: boolean
 }
 
 /** One script line and the image path it concerns, for naming the path when it fails. */
@@ -117,8 +130,8 @@ function checked(cmd: string, where: string): ScriptLine {
 
 /**
  * The script's lines, in order. For each inode, at its first name (paths sorted): mknod for
- * devices and fifos, then uid, gid, full mode, mtime, atime (= mtime), ctime (= timestamp) and
- * every xattr. Further names of symlinks, devices and fifos are linked with `ln`, and their
+ * devices and fifos, then uid, gid, full mode, mtime, atime (= mtime), ctime (= timestamp)
+ * (with `patched`, only for the inodes debugfs makes) and every xattr. Further names of symlinks, devices and fifos are linked with `ln`, and their
  * link counts set at the end; further names of regular files were made by mke2fs -d from the
  * staging tree's hard links. crtime is not set here: mke2fs and debugfs both write
  * E2FSPROGS_FAKE_TIME (= fsTimestamp(timestamp)) there.
@@ -158,13 +171,15 @@ export function* debugfsLines(tree: FlatTree, opts: DebugfsScriptOptions): Gener
       yield checked(`mknod ${debugfsQuote(name)} ${spec}`, where)
     }
     const q = ref(p)
-    const mtime = ext4Time(inode.mtime)
-    yield checked(`sif ${q} uid ${inode.uid}`, where)
-    yield checked(`sif ${q} gid ${inode.gid}`, where)
-    yield checked(`sif ${q} mode 0${(TYPE_BITS[inode.kind] | inode.mode).toString(8)}`, where)
-    yield checked(`sif ${q} mtime @${mtime}`, where)
-    yield checked(`sif ${q} atime @${mtime}`, where)
-    yield checked(`sif ${q} ctime @${ctime}`, where)
+    if (!(opts.patched === true && madeByMkfs(inode, true))) {
+      const mtime = ext4Time(inode.mtime)
+      yield checked(`sif ${q} uid ${inode.uid}`, where)
+      yield checked(`sif ${q} gid ${inode.gid}`, where)
+      yield checked(`sif ${q} mode 0${(TYPE_BITS[inode.kind] | inode.mode).toString(8)}`, where)
+      yield checked(`sif ${q} mtime @${mtime}`, where)
+      yield checked(`sif ${q} atime @${mtime}`, where)
+      yield checked(`sif ${q} ctime @${ctime}`, where)
+    }
     let i = 0
     for (const [xname] of sortedXattrs(inode)) {
       yield checked(`ea_set -f ${debugfsQuote(xattrValueFile(opts.xattrDir, inode, i++))} ${q} ${debugfsQuote(xname)}`, where)
@@ -224,66 +239,4 @@ async function walkOutput(
 /** Check the output of the attribute script: nothing but echoes and mknod's `Allocated inode: N`. */
 export async function checkDebugfsOutput(output: AsyncIterable<string>, script: Iterable<ScriptLine>, exitCode: number): Promise<void> {
   await walkOutput(output, script, exitCode, (line, current) => current.cmd.startsWith('mknod ') && ALLOCATED.test(line))
-}
-
-/** One `ls -p` per directory of the tree, by absolute path, parents first. */
-export function* listingLines(tree: FlatTree): Generator<ScriptLine> {
-  for (const p of sortedPaths(tree)) {
-    if (tree.entries.get(p)?.kind === 'dir') yield checked(`ls -p ${debugfsQuote(abs(p))}`, abs(p))
-  }
-}
-
-/** `ls -p` prints `/INO/MODE/UID/GID/NAME/SIZE/`; a name never contains '/', an error line never ends with one. */
-const LS_ENTRY = /^\/(\d+)\/([0-7]+)\/\d+\/\d+\/([^/]*)\/\d*\/$/
-const S_IFMT = 0o170000
-const ROOT_INO = 2
-
-/**
- * Read the output of listingLines() into the inode number of every entry mke2fs made, and check
- * that mke2fs made exactly the tree: each name present with its type, the names of one Inode
- * sharing one inode number (hard links kept), no two Inodes sharing one, nothing extra but
- * mke2fs's own lost+found. Any difference is E_TOOL naming the path.
- */
-export async function listTreeInodes(tree: FlatTree, output: AsyncIterable<string>, exitCode: number): Promise<Map<string, number>> {
-  const inos = new Map<string, number>([['', ROOT_INO]])
-  const byInode = new Map<Inode, number>()
-  const owner = new Map<number, Inode>()
-  const root = tree.entries.get('')
-  if (root !== undefined) {
-    byInode.set(root, ROOT_INO)
-    owner.set(ROOT_INO, root)
-  }
-  const firstName = new Map<Inode, string>()
-  for (const p of sortedPaths(tree)) {
-    const inode = tree.entries.get(p)
-    if (inode !== undefined && !firstName.has(inode)) firstName.set(inode, p)
-  }
-  const fail = (where: string, what: string): never => {
-    throw new BaleError('E_TOOL', `mkfs.ext4 -d: ${where}: ${what}`, { subject: where })
-  }
-  await walkOutput(output, listingLines(tree), exitCode, (line, current) => {
-    const m = LS_ENTRY.exec(line)
-    if (!m?.[1] || !m[2] || m[3] === undefined) return false
-    const name = m[3]
-    if (name === '.' || name === '..') return true
-    const dir = current.path === '/' ? '' : current.path.slice(1)
-    if (dir === '' && name === 'lost+found' && !tree.entries.has('lost+found')) return true
-    const p = dir === '' ? name : `${dir}/${name}`
-    const inode = tree.entries.get(p)
-    if (inode === undefined || !madeByMkfs(inode, firstName.get(inode) === p)) return fail(`/${p}`, 'in the image but not made from the tree')
-    const ino = Number(m[1])
-    if ((parseInt(m[2], 8) & S_IFMT) !== TYPE_BITS[inode.kind]) return fail(`/${p}`, `has mode ${m[2]}, expected a ${inode.kind}`)
-    const known = byInode.get(inode)
-    if (known !== undefined && known !== ino) return fail(`/${p}`, `hard link not kept (inode ${ino}, expected ${known})`)
-    const other = owner.get(ino)
-    if (other !== undefined && other !== inode) return fail(`/${p}`, `shares inode ${ino} with an unrelated entry`)
-    byInode.set(inode, ino)
-    owner.set(ino, inode)
-    inos.set(p, ino)
-    return true
-  })
-  for (const [p, inode] of tree.entries) {
-    if (!inos.has(p) && madeByMkfs(inode, firstName.get(inode) === p)) fail(`/${p}`, 'missing from the image')
-  }
-  return inos
 }

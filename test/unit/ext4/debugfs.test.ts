@@ -10,8 +10,6 @@ import {
   debugfsLines,
   debugfsQuote,
   debugfsScript,
-  listTreeInodes,
-  listingLines,
   type ScriptLine,
 } from '../../../src/pipeline/ext4/debugfs.js'
 import { TreeBuilder } from './fixture.js'
@@ -253,6 +251,53 @@ describe('debugfsScript by inode number', () => {
   })
 })
 
+describe('debugfsScript with patched inodes (image.ts wrote their owner, mode and times)', () => {
+  it('is empty for a tree of files, directories, hard links and single symlinks: debugfs need not run', () => {
+    const b = builder()
+    b.dir('usr', { mode: 0o1777, uid: 70_000 })
+    const f = b.add('usr/f', b.inode('file', { mode: 0o4755 }, { size: 0 }))
+    b.link('usr/g', f)
+    b.symlink('lib', 'usr/lib')
+    expect(debugfsScript(b.tree, { timestamp: T, xattrDir: XD, patched: true })).toBe('')
+    expect(debugfsScript(b.tree, { timestamp: T, xattrDir: XD, patched: true, inodes: new Map([['', 2], ['usr', 12], ['usr/f', 13], ['lib', 14]]) })).toBe('')
+  })
+
+  it('keeps everything debugfs alone does: devices, fifos, extra symlink names, link counts, xattrs', () => {
+    const b = builder()
+    b.dir('dev')
+    b.device('dev/null', 'char', 1, 3, { mode: 0o666 })
+    b.fifo('dev/initctl', { mode: 0o600 })
+    const sl = b.symlink('s1', 't', { uid: 5 })
+    b.link('s2', sl)
+    const ping = b.add('ping', b.inode('file', { mode: 0o755, xattrs: { 'security.capability': Buffer.from([1]) } }, { size: 0 }))
+    const inodes = new Map([['', 2], ['dev', 12], ['ping', 13], ['s1', 14]])
+    const s = lines(debugfsScript(b.tree, { timestamp: T, xattrDir: XD, inodes, patched: true }))
+    expect(s).toEqual([
+      'cd <12>',
+      'mknod "initctl" p',
+      'sif "/dev/initctl" uid 0',
+      'sif "/dev/initctl" gid 0',
+      'sif "/dev/initctl" mode 010600',
+      'sif "/dev/initctl" mtime @1600000000',
+      'sif "/dev/initctl" atime @1600000000',
+      `sif "/dev/initctl" ctime @${T}`,
+      'mknod "null" c 1 3',
+      'sif "/dev/null" uid 0',
+      'sif "/dev/null" gid 0',
+      'sif "/dev/null" mode 020666',
+      'sif "/dev/null" mtime @1600000000',
+      'sif "/dev/null" atime @1600000000',
+      `sif "/dev/null" ctime @${T}`,
+      `ea_set -f "${XD}/${ping.ino}.0" <13> "security.capability"`,
+      'cd <2>',
+      'ln <14> "s2"',
+      'sif <14> links_count 2',
+    ])
+    // The symlink's own attributes were patched: no sif for it but its link count.
+    expect(s.filter((l) => l.startsWith('sif <14>'))).toEqual(['sif <14> links_count 2'])
+  })
+})
+
 describe('checkDebugfsOutput: debugfs-exits-zero-on-failure', () => {
   const b = builder()
   b.dir('dev')
@@ -294,48 +339,5 @@ describe('checkDebugfsOutput: debugfs-exits-zero-on-failure', () => {
   it('output that stops early, or a non-zero exit, fails', async () => {
     await expect(checkDebugfsOutput(feed(...echoes.slice(0, 3)), script(), 0)).rejects.toThrow(/debugfs stopped early/)
     await expect(checkDebugfsOutput(feed(...echoes), script(), 1)).rejects.toThrow(/exited with status 1/)
-  })
-})
-
-describe('listTreeInodes', () => {
-  const b = builder()
-  b.dir('d')
-  const f = b.add('d/a b', b.inode('file', {}, { size: 0 }))
-  b.link('d/q"t', f)
-  b.add('d/tab\tx', b.inode('file', {}, { size: 0 }))
-  b.symlink('s', 'target')
-  b.fifo('d/fifo')
-  const ls = echo(listingLines(b.tree))
-
-  function listing(overrides: Record<string, string> = {}): string[] {
-    const root = ['/2/040755/0/0/.//', '/2/040755/0/0/..//', '/11/040700/0/0/lost+found//', '/12/040755/0/0/d//', '/15/120777/0/0/s/6/', '']
-    const d = ['/12/040755/0/0/.//', '/2/040755/0/0/..//', '/13/100644/0/0/a b/0/', '/13/100644/0/0/q"t/0/', '/14/100644/0/0/tab\tx/0/', '']
-    const all = [ls[0] ?? '', ...root, ls[1] ?? '', ...d]
-    return all.map((l) => overrides[l] ?? l).filter((l) => l !== 'DROP')
-  }
-
-  it('maps every name mke2fs made to its inode; raw names with spaces, quotes and tabs', async () => {
-    const inos = await listTreeInodes(b.tree, feed(...listing()), 0)
-    expect(Object.fromEntries(inos)).toEqual({ '': 2, d: 12, 'd/a b': 13, 'd/q"t': 13, 'd/tab\tx': 14, s: 15 })
-  })
-
-  it('a missing name, a hard link split in two, a wrong type or an extra name is E_TOOL naming the path', async () => {
-    const cases: Array<[Record<string, string>, RegExp]> = [
-      [{ '/14/100644/0/0/tab\tx/0/': 'DROP' }, /\/d\/tab\tx: missing from the image/],
-      [{ '/13/100644/0/0/q"t/0/': '/16/100644/0/0/q"t/0/' }, /\/d\/q"t: hard link not kept/],
-      [{ '/15/120777/0/0/s/6/': '/15/100644/0/0/s/6/' }, /\/s: has mode 100644, expected a symlink/],
-      [{ '': '/17/010644/0/0/fifo/0/' }, /\/fifo: in the image but not made from the tree/],
-      [{ '/14/100644/0/0/tab\tx/0/': '/13/100644/0/0/tab\tx/0/' }, /\/d\/tab\tx: shares inode 13/],
-    ]
-    for (const [over, re] of cases) {
-      const e = await rejection(listTreeInodes(b.tree, feed(...listing(over)), 0))
-      expect(e.code).toBe('E_TOOL')
-      expect(e.message).toMatch(re)
-    }
-  })
-
-  it('an ls error line (a directory mke2fs did not make) is a failure of that ls', async () => {
-    const out = [ls[0] ?? '', '/2/040755/0/0/.//', ls[1] ?? '', '/d: File not found by ext2_lookup ']
-    await expect(listTreeInodes(b.tree, feed(...out), 0)).rejects.toThrow(/^debugfs failed on \/d: \/d: File not found/)
   })
 })
