@@ -185,7 +185,11 @@ class PullSession {
       } else if (opts.offline) {
         throw this.offlineMissing(`tag ${ref.tag ?? 'latest'}`)
       } else {
-        const [fetched] = await Promise.all([this.client().then((c) => c.fetchManifest(ref.tag ?? 'latest')), storeReady])
+        // Both settle before either's error propagates: nothing may still write to the store after pull() returns.
+        const [got, made] = await Promise.allSettled([this.client().then((c) => c.fetchManifest(ref.tag ?? 'latest')), storeReady])
+        if (got.status === 'rejected') throw got.reason
+        if (made.status === 'rejected') throw made.reason
+        const fetched = got.value
         const parsed = parseManifest(fetched.bytes, fetched.contentType, `${this.name}:${ref.tag ?? 'latest'}`)
         await store.putSmallBlob(fetched.digest, fetched.bytes)
         top = { digest: fetched.digest, mediaType: parsed.mediaType, size: fetched.bytes.length }
