@@ -1,6 +1,11 @@
-import { z } from 'zod'
 import { BaleError } from '../lib/errors.js'
-import { SHA256_DIGEST } from './reference.js'
+import type { ConfigFile, ImageIndex, ImageManifest } from './schemas.js'
+import { checkConfigFile, checkIndex, checkManifest, Invalid } from './validate.js'
+
+// The zod schemas moved to schemas.ts so that `bale pull` does not load zod (see validate.ts);
+// re-exported for the modules that parse with them (catalog/, pipeline/source/), which could
+// import schemas.ts directly.
+export { ConfigFileSchema, type ConfigFile, type Descriptor, DescriptorSchema, type ImageIndex, type ImageManifest } from './schemas.js'
 
 /**
  * Manifests, indexes and image configs as the distribution and image specs define them,
@@ -33,40 +38,6 @@ export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 /** Image configs are parsed in memory too; real ones are KiBs (a long `history` reaches ~1 MiB). */
 export const MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
-export const DescriptorSchema = z.object({
-  mediaType: z.string().min(1),
-  digest: z.string().regex(SHA256_DIGEST, 'not a sha256 digest'),
-  size: z.number().int().nonnegative(),
-  platform: z
-    .object({
-      os: z.string(),
-      architecture: z.string(),
-      variant: z.string().optional(),
-      'os.version': z.string().optional(),
-    })
-    .optional(),
-  annotations: z.record(z.string(), z.string()).optional(),
-  urls: z.array(z.string()).optional(),
-})
-export type Descriptor = z.infer<typeof DescriptorSchema>
-
-const IndexSchema = z.object({
-  schemaVersion: z.literal(2),
-  mediaType: z.string().optional(),
-  manifests: z.array(DescriptorSchema),
-  annotations: z.record(z.string(), z.string()).optional(),
-})
-export type ImageIndex = z.infer<typeof IndexSchema>
-
-const ManifestSchema = z.object({
-  schemaVersion: z.literal(2),
-  mediaType: z.string().optional(),
-  config: DescriptorSchema,
-  layers: z.array(DescriptorSchema),
-  annotations: z.record(z.string(), z.string()).optional(),
-})
-export type ImageManifest = z.infer<typeof ManifestSchema>
-
 export type ParsedManifest =
   | { kind: 'index'; mediaType: string; index: ImageIndex }
   | { kind: 'manifest'; mediaType: string; manifest: ImageManifest }
@@ -81,11 +52,9 @@ function isManifestType(t: string | undefined): t is string {
   return t !== undefined && (INDEX_TYPES.has(t) || MANIFEST_TYPES.has(t))
 }
 
-function zodWhy(e: z.ZodError): string {
-  const issue = e.issues[0]
-  if (issue === undefined) return 'does not match the schema'
-  const at = issue.path.length === 0 ? '' : `${issue.path.join('.')}: `
-  return `${at}${issue.message}`
+function why(e: unknown): string {
+  if (e instanceof Invalid) return e.message
+  throw e
 }
 
 /**
@@ -119,14 +88,22 @@ export function parseManifest(bytes: Buffer, declared: string | undefined, where
   // A body without mediaType (allowed by OCI) takes the declared type, else its shape decides.
   const type = bodyType ?? (isManifestType(header) ? header : 'manifests' in obj ? MEDIA_TYPES.ociIndex : MEDIA_TYPES.ociManifest)
   if (INDEX_TYPES.has(type)) {
-    const r = IndexSchema.safeParse(obj)
-    if (!r.success) throw new BaleError('E_INPUT', `${where}: malformed image index: ${zodWhy(r.error)}`, { subject: where })
-    return { kind: 'index', mediaType: type, index: r.data }
+    let index: ImageIndex
+    try {
+      index = checkIndex(obj)
+    } catch (e) {
+      throw new BaleError('E_INPUT', `${where}: malformed image index: ${why(e)}`, { subject: where })
+    }
+    return { kind: 'index', mediaType: type, index }
   }
   if (MANIFEST_TYPES.has(type)) {
-    const r = ManifestSchema.safeParse(obj)
-    if (!r.success) throw new BaleError('E_INPUT', `${where}: malformed image manifest: ${zodWhy(r.error)}`, { subject: where })
-    return { kind: 'manifest', mediaType: type, manifest: r.data }
+    let manifest: ImageManifest
+    try {
+      manifest = checkManifest(obj)
+    } catch (e) {
+      throw new BaleError('E_INPUT', `${where}: malformed image manifest: ${why(e)}`, { subject: where })
+    }
+    return { kind: 'manifest', mediaType: type, manifest }
   }
   throw new BaleError('E_INPUT', `${where}: unsupported manifest media type ${type}`, { subject: where })
 }
@@ -141,33 +118,6 @@ export function isIndexMediaType(t: string): boolean {
   return INDEX_TYPES.has(t)
 }
 
-const nullableStrings = z.array(z.string()).nullish()
-
-/** The parts of an image config bale uses (OCI image-spec config.md; Docker's is a superset). */
-export const ConfigFileSchema = z.object({
-  architecture: z.string().optional(),
-  os: z.string().optional(),
-  variant: z.string().optional(),
-  created: z.string().optional(),
-  config: z
-    .object({
-      Entrypoint: nullableStrings,
-      Cmd: nullableStrings,
-      Env: nullableStrings,
-      User: z.string().nullish(),
-      WorkingDir: z.string().nullish(),
-      ExposedPorts: z.record(z.string(), z.unknown()).nullish(),
-      Labels: z.record(z.string(), z.string()).nullish(),
-      StopSignal: z.string().nullish(),
-    })
-    .nullish(),
-  rootfs: z.object({
-    type: z.literal('layers'),
-    diff_ids: z.array(z.string().regex(SHA256_DIGEST, 'not a sha256 digest')),
-  }),
-})
-export type ConfigFile = z.infer<typeof ConfigFileSchema>
-
 export function parseConfigFile(bytes: Buffer, where: string): ConfigFile {
   let doc: unknown
   try {
@@ -175,9 +125,11 @@ export function parseConfigFile(bytes: Buffer, where: string): ConfigFile {
   } catch {
     throw new BaleError('E_INPUT', `${where}: image config is not valid JSON`, { subject: where })
   }
-  const r = ConfigFileSchema.safeParse(doc)
-  if (!r.success) throw new BaleError('E_INPUT', `${where}: malformed image config: ${zodWhy(r.error)}`, { subject: where })
-  return r.data
+  try {
+    return checkConfigFile(doc)
+  } catch (e) {
+    throw new BaleError('E_INPUT', `${where}: malformed image config: ${why(e)}`, { subject: where })
+  }
 }
 
 /** How a layer's stored bytes are compressed, from its media type ('detect' for the unknown). */

@@ -6,8 +6,9 @@ import { removeQuietly, tempPathFor, writeFileAtomic } from '../lib/atomic.js'
 import { registerCleanup } from '../lib/cleanup.js'
 import { BaleError } from '../lib/errors.js'
 import { readJsonIfExists } from '../lib/json-file.js'
-import { type Descriptor, DescriptorSchema } from './manifest.js'
+import type { Descriptor } from './schemas.js'
 import { SHA256_DIGEST } from './reference.js'
+import { checkDescriptor } from './validate.js'
 
 /**
  * The content-addressed store: an OCI image layout (`oci-layout`, `index.json`,
@@ -187,9 +188,11 @@ export class OciStore {
     const manifests = typeof doc === 'object' && doc !== null ? (doc as { manifests?: unknown }).manifests : undefined
     if (!Array.isArray(manifests)) throw new BaleError('E_INPUT', `${p}: no 'manifests' array`, { subject: p })
     return manifests.map((m, i) => {
-      const r = DescriptorSchema.safeParse(m)
-      if (!r.success) throw new BaleError('E_INPUT', `${p}: manifests[${i}] is not a valid descriptor`, { subject: p })
-      return r.data
+      try {
+        return checkDescriptor(m)
+      } catch {
+        throw new BaleError('E_INPUT', `${p}: manifests[${i}] is not a valid descriptor`, { subject: p })
+      }
     })
   }
 
