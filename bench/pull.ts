@@ -8,7 +8,17 @@
  *     --target es2022 --skipLibCheck --strict bench/pull.ts && node .cache/bench/bench/pull.js [LAYOUT[:TAG]] [RUNS]
  *
  * LAYOUT defaults to the Debian bookworm minbase fixture (fixtures/debian/build.sh, two gzip
- * layers, ~58 MB compressed); pass '' to keep it and set RUNS. Both tools run as fresh
+ * layers, ~58 MB compressed); pass '' to keep it and set RUNS. A larger image, where start-up is
+ * amortized: the same two layers plus a ~400 MB incompressible gzip layer, built under .cache/
+ * (not in git) and run with 3 runs:
+ *
+ *   D=.cache/debian-oci; B=.cache/pull-big; mkdir -p $B/in && head -c 400M /dev/urandom > $B/big.bin &&
+ *   tar -C $B -cf - big.bin | gzip -1 > $B/in/3.tar.gz && rm $B/big.bin && echo '{}' > $B/in/config.json &&
+ *   M=$(node -p "require('./$D/index.json').manifests[0].digest.slice(7)") && i=1 &&
+ *   for d in $(node -p "JSON.parse(require('fs').readFileSync('$D/blobs/sha256/$M')).layers.map(l => l.digest.slice(7)).join(' ')"); do
+ *     ln -sf $PWD/$D/blobs/sha256/$d $B/in/$i.tar.gz; i=$((i+1)); done &&
+ *   node fixtures/oci-from-tars.mjs $B/oci big $B/in/config.json $B/in/1.tar.gz $B/in/2.tar.gz $B/in/3.tar.gz &&
+ *   node .cache/bench/bench/pull.js $B/oci:big 3 Both tools run as fresh
  * processes, so bale's CLI numbers include Node and oclif start-up (bin/run.js over the bundle
  * in dist/cli); that start-up is timed on its own (`bale --version`), and the pull engine is
  * also timed in this process (tsc's dist/registry/pull.js), which is what start-up hides.
