@@ -5,7 +5,7 @@ import { z } from 'zod'
 import { BaleError } from '../lib/errors.js'
 import { defaultConcurrency, fixedChunks, FRAME_SIZE } from '../pipeline/bundle/writer.js'
 import { decompressFrames } from '../pipeline/bundle/zstd-frames.js'
-import { DescriptorSchema } from '../registry/manifest.js'
+import { DescriptorSchema } from '../registry/schemas.js'
 import { parseReference, type ImageReference } from '../registry/reference.js'
 
 /**

@@ -2,10 +2,9 @@ import { BaleError } from '../lib/errors.js'
 import type { ConfigFile, ImageIndex, ImageManifest } from './schemas.js'
 import { checkConfigFile, checkIndex, checkManifest, Invalid } from './validate.js'
 
-// The zod schemas moved to schemas.ts so that `bale pull` does not load zod (see validate.ts);
-// re-exported for the modules that parse with them (catalog/, pipeline/source/), which could
-// import schemas.ts directly.
-export { ConfigFileSchema, type ConfigFile, type Descriptor, DescriptorSchema, type ImageIndex, type ImageManifest } from './schemas.js'
+// The zod schemas live in schemas.ts so that `bale pull` does not load zod (see validate.ts):
+// the modules that parse with zod (catalog/, pipeline/source/) import schemas.ts themselves.
+export type { ConfigFile, Descriptor, ImageIndex, ImageManifest } from './schemas.js'
 
 /**
  * Manifests, indexes and image configs as the distribution and image specs define them,

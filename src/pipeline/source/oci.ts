@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { z } from 'zod'
 import { BaleError } from '../../lib/errors.js'
 import type { ImageConfig, LayerCompression } from './types.js'
-import { ConfigFileSchema } from '../../registry/manifest.js'
+import { ConfigFileSchema } from '../../registry/schemas.js'
 
 /**
  * OCI / Docker image JSON shared by every source that reads manifests: descriptors, indexes,
