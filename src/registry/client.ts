@@ -66,7 +66,7 @@ async function drain(res: Response): Promise<void> {
 }
 
 /** Read a body into memory, refusing more than `cap` bytes (`what` names it in the error). */
-export async function readCapped(body: Readable, cap: number, what: string): Promise<Buffer> {
+export async function readCapped(body: Readable, cap: number, what: string, overflow?: () => BaleError): Promise<Buffer> {
   const chunks: Buffer[] = []
   let total = 0
   for await (const chunk of body) {
@@ -74,7 +74,7 @@ export async function readCapped(body: Readable, cap: number, what: string): Pro
     total += b.length
     if (total > cap) {
       body.destroy()
-      throw new BaleError('E_INPUT', `${what}: larger than the ${cap}-byte limit`, { subject: what })
+      throw overflow?.() ?? new BaleError('E_INPUT', `${what}: larger than the ${cap}-byte limit`, { subject: what })
     }
     chunks.push(b)
   }
@@ -379,18 +379,12 @@ export class RegistryClient {
     if (size > cap) throw new BaleError('E_INPUT', `${what}: ${size} bytes exceeds the ${cap}-byte limit`, { subject: digest })
     const res = await this.get(what, `blobs/${digest}`, {})
     if (res.statusCode !== 200) throw await this.statusError(res, what, 'blob')
-    const chunks: Buffer[] = []
-    let total = 0
-    for await (const chunk of res.body) {
-      const b = chunk as Buffer
-      total += b.length
-      if (total > size) {
-        res.body.destroy()
-        throw new BaleError('E_DIGEST', `blob ${digest}: registry sent more than the ${size} bytes its descriptor says`, { subject: digest })
-      }
-      chunks.push(b)
-    }
-    const bytes = Buffer.concat(chunks)
+    const bytes = await readCapped(
+      res.body,
+      size,
+      what,
+      () => new BaleError('E_DIGEST', `blob ${digest}: registry sent more than the ${size} bytes its descriptor says`, { subject: digest }),
+    )
     if (bytes.length !== size) {
       throw new BaleError('E_NETWORK', `${what}: response ended at byte ${bytes.length} of ${size}`, { subject: digest, temporary: true })
     }
