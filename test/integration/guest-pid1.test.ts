@@ -177,10 +177,15 @@ describe('stage 2 as PID 1', () => {
   })
 
   it('kills a main process that ignores TERM once the shutdown timeout is over', async () => {
-    const root = await makeRoot('stubborn', { entrypoint: ['/bin/sh', '-c', 'trap "" TERM; while true; do sleep 1; done'] })
+    const root = await makeRoot('stubborn', { entrypoint: ['/bin/sh', '-c', 'trap "" TERM; echo ignoring-TERM; while true; do sleep 1; done'] })
     const r = stage2(root)
     const c = await connect(path.join(root, '.bale', 'agent.sock'), r)
     try {
+      // The shutdown's TERM must come after the shell has set its trap, or it simply dies of it.
+      for (let i = 0; !r.output().includes('ignoring-TERM\n'); i++) {
+        if (i > 500) throw new Error(`the entrypoint never set its trap; output: ${r.output()}`)
+        await new Promise((resolve) => setTimeout(resolve, 20))
+      }
       const t0 = Date.now()
       await c.shutdown({ timeoutMs: 300 })
       expect(await c.mainExit).toEqual({ exitCode: null, signal: 'SIGKILL' })
