@@ -152,7 +152,10 @@ export function buildQemuArgv(spec: QemuSpec): string[] {
     '-device',
     'virtio-rng-device',
     '-device',
-    'virtio-serial-device',
+    // max_ports: as many as there are agent channels, plus port 0, which QEMU keeps for a
+    // console. The default, 31, makes the guest driver set up 64 virtqueues at probe time:
+    // virtio_console's probe took 81 ms of the boot under TCG with it, 53 ms without.
+    `virtio-serial-device,max_ports=${spec.agentSockets.length + 1}`,
     ...spec.agentSockets.flatMap((sock, i) => [
       '-chardev',
       `socket,id=agent${i},path=${sock},server=on,wait=off`,

@@ -57,7 +57,8 @@ describe('QEMU argv', () => {
       'virtio-blk-device,drive=root',
       'virtio-net-device,netdev=net0',
       'virtio-rng-device',
-      'virtio-serial-device',
+      // Port 0 is QEMU's console port: two agent channels need three.
+      'virtio-serial-device,max_ports=3',
       'virtserialport,chardev=agent0,name=org.bale.agent',
       'virtserialport,chardev=agent1,name=org.bale.agent.1',
     ])
