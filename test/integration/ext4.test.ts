@@ -8,7 +8,9 @@ import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { cat, debugfs, e2fsckClean, stat, xattr } from '../helpers/debugfs.js'
 import { BaleError } from '../../src/lib/errors.js'
-import { buildExt4, minimumExt4Size, planExt4, type Ext4Options } from '../../src/pipeline/ext4/index.js'
+import { sha256File } from '../../src/lib/hash.js'
+import { dataRanges } from '../../src/lib/sparse.js'
+import { buildExt4, minimumExt4Size, planExt4, type Ext4Options, type Ext4Result } from '../../src/pipeline/ext4/index.js'
 import { keptBlocks, metadataBlocks } from '../../src/pipeline/ext4/geometry.js'
 import { ext4Usage, inodeCount } from '../../src/pipeline/ext4/plan.js'
 import { TreeBuilder } from '../unit/ext4/fixture.js'
@@ -131,11 +133,17 @@ afterAll(async () => {
 describe('ext4 image of a rich tree, read back with debugfs', () => {
   let image: string
   let tree: TreeBuilder
+  let plan: Ext4Result
   beforeAll(async () => {
     tree = await richTree(path.join(work, 'rich-staging'))
     image = path.join(work, 'rich.ext4')
-    const plan = await buildExt4(tree.tree, image, OPTS)
+    plan = await buildExt4(tree.tree, image, OPTS)
     expect((await fs.stat(image)).size).toBe(plan.sizeBytes)
+  })
+
+  it('records the SHA-256 of every byte of the image, holes read as zeros included', () => {
+    // buildExt4 reads only the data ranges FIEMAP reports; the plain hash reads everything.
+    expect(plan.sha256).toBe(sha256(image))
   })
 
   it('passes e2fsck -fn', () => {
@@ -411,5 +419,53 @@ describe('failures are BaleErrors naming the path, and leave no output', () => {
     await fs.symlink(victim, out)
     await expectBaleError(buildExt4(t.tree, out, OPTS), 'E_INPUT', /out-link\.ext4: cannot create the image/)
     expect(await fs.readFile(victim, 'utf8')).toBe('keep me')
+  })
+})
+
+describe('data ranges of sparse files (real filefrag, FIEMAP)', () => {
+  // On the repository's disk, not os.tmpdir(), which may be a tmpfs (no FIEMAP) on some hosts.
+  const repoCache = path.resolve(import.meta.dirname, '..', '..', '.cache')
+  let dir: string
+  beforeAll(async () => {
+    await fs.mkdir(repoCache, { recursive: true })
+    dir = await fs.mkdtemp(path.join(repoCache, 'sparse-'))
+  })
+  afterAll(async () => {
+    await fs.rm(dir, { recursive: true, force: true })
+  })
+
+  it('reports where data was written, leaves the holes out, and hashes like a full read', async () => {
+    const file = path.join(dir, 'sparse.img')
+    const size = 64 * 1024 * 1024
+    const fh = await fs.open(file, 'w')
+    try {
+      await fh.truncate(size)
+      // Not yet synced: filefrag -s must see data still in the page cache.
+      await fh.write(Buffer.alloc(10_000, 1), 0, 10_000, 5 * 1024 * 1024 + 100)
+      await fh.write(Buffer.alloc(4096, 2), 0, 4096, size - 4096)
+    } finally {
+      await fh.close()
+    }
+    const ranges = await dataRanges(file, size)
+    expect(ranges).toBeDefined()
+    const r = ranges ?? []
+    const covers = (pos: number): boolean => r.some((x) => x.start <= pos && pos < x.end)
+    for (const pos of [5 * 1024 * 1024 + 100, 5 * 1024 * 1024 + 10_099, size - 4096, size - 1]) expect(covers(pos)).toBe(true)
+    expect(covers(0)).toBe(false)
+    expect(covers(32 * 1024 * 1024)).toBe(false)
+    expect(r.reduce((n, x) => n + x.end - x.start, 0)).toBeLessThan(1024 * 1024)
+    expect(await sha256File(file, r)).toBe(sha256(file))
+  })
+
+  it('a filesystem without FIEMAP (tmpfs) gives no map, and the caller reads everything', async () => {
+    const shm = await fs.mkdtemp('/dev/shm/bale-sparse-')
+    try {
+      const file = path.join(shm, 'f')
+      await fs.writeFile(file, 'data')
+      expect(await dataRanges(file, 4)).toBeUndefined()
+      expect(await sha256File(file, undefined)).toBe(sha256(file))
+    } finally {
+      await fs.rm(shm, { recursive: true, force: true })
+    }
   })
 })

@@ -7,6 +7,7 @@ import * as tarStream from 'tar-stream'
 import { commitTemp, removeQuietly, tempPathFor } from '../../lib/atomic.js'
 import { registerCleanup } from '../../lib/cleanup.js'
 import { BaleError, fromSystemError, isBaleError } from '../../lib/errors.js'
+import { type DataRange, dataRanges, readSparse } from '../../lib/sparse.js'
 import { type BundleManifest, MANIFEST_FILE, parseManifest, ROOTFS_FILE, serializeManifest } from './manifest.js'
 import { compressFrame } from './zstd-native.js'
 
@@ -122,7 +123,9 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
     rootfs = await fs.open(opts.rootfsPath, 'r')
     fh = await fs.open(tmp, 'wx', 0o644)
     const out = fh
-    const rootfsReads = readFrames(rootfs, st.size, FRAME_SIZE - (tarPrefixBytes(manifestBytes.length) % FRAME_SIZE), alloc)
+    // An image's unused blocks are holes: zero-filled here rather than read (lib/sparse.ts).
+    const ranges = await dataRanges(opts.rootfsPath, st.size)
+    const rootfsReads = readFrames(rootfs, st.size, FRAME_SIZE - (tarPrefixBytes(manifestBytes.length) % FRAME_SIZE), alloc, ranges)
     const feeding = feedTar(pack, manifestBytes, rootfsReads, opts.rootfsPath, st.size, mtime)
     // If feeding fails, the pack stream fails too, and the loop below throws that error.
     feeding.catch((e: unknown) => pack.destroy(e instanceof Error ? e : new Error(String(e))))
@@ -186,25 +189,22 @@ function tarPrefixBytes(manifestLength: number): number {
 }
 
 /**
- * Read `size` bytes of `file` into buffers from `alloc`: `first` bytes, then whole buffers.
+ * Read `size` bytes of `file` into buffers from `alloc`: `first` bytes, then whole buffers;
+ * holes (outside `ranges`, when given) are zero-filled rather than read.
  * With `first` chosen so the tar prefix plus it fill one frame, every later read is exactly one
  * frame of the tar stream, which fixedChunks() passes on without copying. (Were the prefix
  * different, fixedChunks would copy: slower, never wrong.)
  */
-async function* readFrames(file: fs.FileHandle, size: number, first: number, alloc: () => Buffer): AsyncGenerator<Buffer> {
+async function* readFrames(file: fs.FileHandle, size: number, first: number, alloc: () => Buffer, ranges: readonly DataRange[] | undefined): AsyncGenerator<Buffer> {
   let pos = 0
   let want = Math.min(first, size)
   while (pos < size) {
     const buf = alloc()
     const len = Math.min(want, size - pos, buf.length)
-    let fill = 0
-    while (fill < len) {
-      const { bytesRead } = await file.read(buf, fill, len - fill, pos + fill)
-      if (bytesRead === 0) return // shorter than stat said: feedTar names the file
-      fill += bytesRead
-    }
+    const fill = await readSparse(file, buf, 0, len, pos, ranges)
+    if (fill > 0) yield buf.subarray(0, fill)
+    if (fill < len) return // shorter than stat said: feedTar names the file
     pos += fill
-    yield buf.subarray(0, fill)
     want = FRAME_SIZE
   }
 }

@@ -35,6 +35,7 @@ import { planExt4, type Ext4Plan } from './plan.js'
 import { stageRoot, type StagedRoot } from './stage.js'
 import { MKE2FS_CONF, debugfs, e2fsck, mkfs } from './tools.js'
 import { sha256File } from '../../lib/hash.js'
+import { dataRanges } from '../../lib/sparse.js'
 
 export { debugfsQuote, debugfsScript, MAX_DEBUGFS_LINE_BYTES } from './debugfs.js'
 export { minimumExt4Size, planExt4, type Ext4Plan } from './plan.js'
@@ -183,7 +184,11 @@ export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Optio
 
     // The image is final: hash it while e2fsck reads it (a child process on the other core),
     // rather than in a second pass afterwards: the manifest needs the digest before compression.
-    const [, sha256] = await Promise.all([e2fsck(out, path.join(scratch, 'e2fsck.log')), sha256File(out)])
+    // Only its data is read; its unused blocks are holes, hashed as zeros (lib/sparse.ts).
+    const [, sha256] = await Promise.all([
+      e2fsck(out, path.join(scratch, 'e2fsck.log')),
+      dataRanges(out, plan.sizeBytes).then((ranges) => sha256File(out, ranges)),
+    ])
     return { ...plan, sha256 }
   } catch (e) {
     if (created) await removeQuietly(out)
