@@ -90,6 +90,8 @@ export async function makeBundle(opts: MakeBundleOptions, onEvent: (e: MakeBundl
       uuid: uuidFrom('fs-uuid', contentKey),
       hashSeed: uuidFrom('hash-seed', contentKey),
       timestamp: epoch,
+      // Nothing reads the tree's blobs after this; the staging directory goes with them.
+      consumeBlobs: true,
     })
     onEvent({ stage: 'ext4', sizeBytes: plan.sizeBytes, inodes: plan.inodes })
 

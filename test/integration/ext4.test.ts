@@ -278,6 +278,20 @@ describe('reproducibility', () => {
     expect(sha256(c)).toBe(sha256(a))
   })
 
+  it('consumeBlobs (make-bundle) gives the same image and leaves the contents in the staged root', async () => {
+    const t = await richTree(path.join(work, 'repro-consume'))
+    const blobs = path.join(t.tree.staging, 'blobs')
+    const before = (await fs.readdir(blobs)).length
+    const kept = path.join(work, 'repro-kept.ext4')
+    await buildExt4((await richTree(path.join(work, 'repro-kept'))).tree, kept, OPTS)
+    const a = path.join(work, 'repro-consume.ext4')
+    await buildExt4(t.tree, a, { ...OPTS, consumeBlobs: true })
+    expect(sha256(a)).toBe(sha256(kept))
+    // Single-name files stayed where mke2fs read them; hard-linked ones keep their blob too.
+    expect((await fs.readdir(blobs)).length).toBeLessThan(before)
+    expect(await fs.readFile(path.join(t.tree.staging, 'root', 'etc', 'hostname'), 'utf8')).toBe(cat(a, '/etc/hostname').toString())
+  })
+
   it('fake-time-zero-is-ignored: timestamp 0 (SOURCE_DATE_EPOCH=0) is written as 1 and stays reproducible', async () => {
     // libext2fs 1.47.0 takes E2FSPROGS_FAKE_TIME=0 as unset and would write the host clock.
     const t = await TreeBuilder.create(path.join(work, 'epoch-zero'), { mtime: 0 })

@@ -53,6 +53,13 @@ export interface Ext4Options {
    */
   timestamp: number
   label?: string
+  /**
+   * The tree's content blobs are not needed after this build (make-bundle): they are left where
+   * mke2fs read them, under `${staging}/root`, for the caller's removal of the staging
+   * directory, instead of being moved back one by one (a rename per file, ~0.15 s for the
+   * Debian image's 6.6k). Without it the tree stays whole and can be built again.
+   */
+  consumeBlobs?: boolean
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
@@ -123,7 +130,8 @@ async function writeScript(file: string, lines: Iterable<ScriptLine>): Promise<v
 /**
  * Build the ext4 image of `tree` at `outPath` (a temporary path the caller renames into place;
  * it is created or truncated, never followed if it is a symlink, and removed on failure).
- * Scratch files live in `${staging}/root` and `${staging}/ext4`, both removed before returning.
+ * Scratch files live in `${staging}/root` and `${staging}/ext4`, both removed before returning
+ * (the root is left for the caller with `consumeBlobs`).
  */
 /** What buildExt4 made: the plan it followed and the finished image's SHA-256 (hex). */
 export interface Ext4Result extends Ext4Plan {
@@ -168,7 +176,7 @@ export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Optio
       uuid: opts.uuid, hashSeed: opts.hashSeed, timestamp: time, label: opts.label,
       conf, log: path.join(scratch, 'mkfs.log'),
     })
-    staged.restore()
+    if (!opts.consumeBlobs) staged.restore()
     staged = undefined
 
     const inodes = patchImage(tree, out, time)
