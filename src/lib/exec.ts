@@ -18,6 +18,22 @@ export interface RunOptions {
 }
 
 /**
+ * Where e2fsprogs lives: mkfs.ext4, debugfs, e2fsck and filefrag are in /usr/sbin (/sbin), which
+ * Debian leaves off an ordinary user's PATH (/usr/local/bin:/usr/bin:/bin), and make-bundle is
+ * meant to run as an ordinary user. Appended, so a directory the user put first still wins.
+ */
+const SBIN_DIRS = ['/usr/local/sbin', '/usr/sbin', '/sbin']
+/** What a POSIX shell searches when PATH is unset. */
+const DEFAULT_PATH = '/usr/local/bin:/usr/bin:/bin'
+
+/** `pathVar` with the sbin directories appended where missing: the PATH external tools are found on. */
+export function toolPath(pathVar: string | undefined): string {
+  const dirs = (pathVar ?? DEFAULT_PATH).split(':').filter((d) => d !== '')
+  for (const d of SBIN_DIRS) if (!dirs.includes(d)) dirs.push(d)
+  return dirs.join(':')
+}
+
+/**
  * Run an external tool (mkfs.ext4, debugfs, e2fsck, qemu-img, …) and capture its output.
  * LC_ALL=C so that messages we parse are in English. A non-zero exit becomes E_TOOL with the
  * tool's last stderr line, which is what a user needs to see.
@@ -25,7 +41,7 @@ export interface RunOptions {
 export async function run(cmd: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
   const spawnOpts: SpawnOptions = {
     cwd: opts.cwd,
-    env: { ...process.env, ...opts.env, LC_ALL: 'C' },
+    env: { ...process.env, ...opts.env, PATH: toolPath(opts.env?.PATH ?? process.env.PATH), LC_ALL: 'C' },
     stdio: ['pipe', 'pipe', 'pipe'],
     signal: opts.signal,
   }

@@ -17,6 +17,9 @@ export interface CliResult {
   stderr: string
 }
 
+/** PATH of an ordinary user on Debian (/etc/profile), without the games directories. */
+export const USER_PATH = '/usr/local/bin:/usr/bin:/bin'
+
 export interface CliOptions {
   input?: Buffer | string
   env?: NodeJS.ProcessEnv
@@ -64,7 +67,8 @@ export function bale(args: string[], opts: CliOptions = {}): Promise<CliResult> 
   return new Promise((resolve, reject) => {
     const child = spawn(argv[0]!, argv.slice(1), {
       cwd: opts.cwd ?? ROOT,
-      env: { ...process.env, CI: 'true', ...opts.env },
+      // An ordinary Debian user's PATH has no /usr/sbin, where e2fsprogs lives: run with that one.
+      env: { ...process.env, CI: 'true', ...(opts.unprivileged ? { PATH: USER_PATH } : {}), ...opts.env },
       stdio: ['pipe', 'pipe', 'pipe'],
     })
     const out: Buffer[] = []

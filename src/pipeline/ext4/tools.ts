@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process'
 import { createReadStream, promises as fs } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { BaleError } from '../../lib/errors.js'
+import { toolPath } from '../../lib/exec.js'
 import { BLOCK_SIZE, INODE_SIZE, journalBlocks } from './geometry.js'
 
 /**
@@ -36,7 +37,7 @@ function toolEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {}
   for (const [k, v] of Object.entries(process.env)) if (!E2FS_ENV.test(k)) env[k] = v
   // LC_ALL=C: messages we parse are English, and mke2fs -d sorts names bytewise (alphasort is strcoll).
-  return { ...env, ...extra, LC_ALL: 'C' }
+  return { ...env, ...extra, PATH: toolPath(process.env.PATH), LC_ALL: 'C' }
 }
 
 /** Run `cmd` with stdout and stderr both appended to `log`; resolves with the exit status. */
