@@ -7,6 +7,8 @@ import { rmSync } from 'node:fs'
  * nothing half-written at the destination and no staging tree behind.
  */
 const pending = new Set<string>()
+/** Called first, synchronously: stop other threads writing into the paths about to be removed. */
+const stoppers = new Set<() => void>()
 
 export function registerCleanup(p: string): () => void {
   pending.add(p)
@@ -15,7 +17,26 @@ export function registerCleanup(p: string): () => void {
   }
 }
 
+/**
+ * Register `stop`, run on interrupt before anything is removed: a thread still creating files in
+ * a staging directory would race its removal. It must return only once that thread has stopped.
+ */
+export function registerStopper(stop: () => void): () => void {
+  stoppers.add(stop)
+  return () => {
+    stoppers.delete(stop)
+  }
+}
+
 export function cleanupAllSync(): void {
+  for (const stop of stoppers) {
+    try {
+      stop()
+    } catch {
+      // Best effort, as below.
+    }
+  }
+  stoppers.clear()
   for (const p of pending) {
     try {
       rmSync(p, { recursive: true, force: true })

@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { BaleError, fromSystemError, isBaleError } from '../../lib/errors.js'
 import { baseName, type FlatTree, type Inode, type NodeKind } from '../tree.js'
-import { writeBlob } from './blob-writer.js'
+import { BlobWriter } from './blob-writer.js'
 import { checkName, decodeUtf8, MAX_PATH_BYTES, normalizeEntryName, showPath } from './names.js'
 import { readTar, type TarHeader } from './tar-reader.js'
 import { type LayerOp, type NodeSpec, TreeEditor } from './tree-editor.js'
@@ -63,18 +63,23 @@ export async function applyLayer(tree: FlatTree, tar: Readable, layer: { index: 
   const { label } = layer
   const ops: LayerOp[] = []
   const stats: LayerStats = { entries: 0, bytes: 0 }
+  const blobs = new BlobWriter()
   try {
     await pipeline(tar, async (source: AsyncIterable<unknown>) => {
       stats.entries = await readTar(source, label, async (h, body) => {
-        const op = await readMember(tree, h, body, label)
+        const op = await readMember(tree, h, body, label, blobs)
         if (op === undefined) return
         if (op.op === 'node' && op.spec.kind === 'file') stats.bytes += op.spec.size
         ops.push(op)
       })
     })
+    // Every blob of the layer written before the tree edits, which may remove some.
+    await blobs.flush()
     await new TreeEditor(tree, label).applyLayerOps(ops)
   } catch (e) {
     throw asBaleError(e, label)
+  } finally {
+    await blobs.close()
   }
   return stats
 }
@@ -91,7 +96,7 @@ function asBaleError(e: unknown, label: string): BaleError {
 type Fail = (code: 'E_INPUT' | 'E_UNSAFE_PATH', why: string) => BaleError
 
 /** Turn one tar member into an operation (undefined: skipped); regular-file contents go to their blob now. */
-async function readMember(tree: FlatTree, h: TarHeader, body: AsyncIterable<Buffer>, label: string): Promise<LayerOp | undefined> {
+async function readMember(tree: FlatTree, h: TarHeader, body: AsyncIterable<Buffer>, label: string, blobs: BlobWriter): Promise<LayerOp | undefined> {
   const shown = showPath(h.name)
   const fail: Fail = (code, why) =>
     new BaleError(code, `${label}: ${shown}: ${why}`, { subject: shown })
@@ -157,7 +162,7 @@ async function readMember(tree: FlatTree, h: TarHeader, body: AsyncIterable<Buff
       spec.ino = tree.nextIno++
       spec.size = h.size
       // Same place blobPath() names once the inode exists.
-      await writeBlob(`${tree.staging}/blobs/${spec.ino}`, body)
+      await blobs.write(`${tree.staging}/blobs/${spec.ino}`, body)
       break
     default:
       break
