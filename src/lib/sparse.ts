@@ -90,6 +90,13 @@ export async function readSparse(fh: FileHandle, buf: Buffer, off: number, len: 
   return len
 }
 
+/** Whether `[start, end)` lies wholly in a hole (false without a map: then nothing is known). */
+export function inHole(ranges: readonly DataRange[] | undefined, start: number, end: number): boolean {
+  if (ranges === undefined) return false
+  const r = ranges[firstRangeEndingAfter(ranges, start)]
+  return r === undefined || r.start >= end
+}
+
 /** Index of the first range whose end lies after `pos` (binary search: ranges are sorted). */
 function firstRangeEndingAfter(ranges: readonly DataRange[], pos: number): number {
   let lo = 0

@@ -14,6 +14,9 @@ import { verifyBundle } from '../../src/pipeline/bundle/reader.js'
 import { writeBundle, type WriteBundleResult } from '../../src/pipeline/bundle/writer.js'
 import { bale, ensureBuilt } from '../helpers/cli.js'
 import { buildTar } from '../helpers/tar.js'
+import { dataRanges } from '../../src/lib/sparse.js'
+
+const repoRoot = path.resolve(import.meta.dirname, '..', '..')
 
 let work: string
 let image: string
@@ -86,6 +89,31 @@ describe('bundle from a real ext4 image', () => {
   it('is reproducible: a second write gives the same sha256', async () => {
     const again = await writeBundle({ manifest, rootfsPath: image, out: path.join(work, 'again.tar.zst'), level: 3 })
     expect(again.sha256).toBe(written.sha256)
+  })
+
+  it('a sparse image gives the same bundle as the same bytes written out in full (holes read as zeros)', async () => {
+    // On the repository's disk (FIEMAP), not os.tmpdir(), which may be a tmpfs elsewhere.
+    const dir = await fs.mkdtemp(path.join(repoRoot, '.cache', 'bundle-sparse-'))
+    try {
+      const sparse = path.join(dir, 'sparse.ext4')
+      execFileSync('mkfs.ext4', ['-q', '-F', '-U', '11111111-2222-3333-4444-555555555555', '-E', 'root_owner=0:0,nodiscard,assume_storage_prezeroed=1', '-d', path.join(work, 'tree'), sparse, '64M'], {
+        env: { ...process.env, LC_ALL: 'C', E2FSPROGS_FAKE_TIME: '1700000000' },
+      })
+      const ranges = await dataRanges(sparse, 64 << 20)
+      expect(ranges).toBeDefined()
+      // Several whole 8 MiB frames in holes, so the writer's shared zero frame is used.
+      expect(ranges?.reduce((n, r) => n + r.end - r.start, 0)).toBeLessThan(32 << 20)
+      const dense = path.join(dir, 'dense.ext4')
+      await fs.writeFile(dense, await fs.readFile(sparse))
+      const m = manifestFor(await fs.readFile(dense))
+      const a = await writeBundle({ manifest: m, rootfsPath: sparse, out: path.join(dir, 'a.tar.zst'), level: 3 })
+      const b = await writeBundle({ manifest: m, rootfsPath: dense, out: path.join(dir, 'b.tar.zst'), level: 3 })
+      expect(a.sha256).toBe(b.sha256)
+      const r = await bale(['bundle', 'verify', a.path])
+      expect(r.code).toBe(0)
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true })
+    }
   })
 
   it('bale bundle verify: every check passes, e2fsck included, and no temporary is left', async () => {

@@ -7,7 +7,7 @@ import * as tarStream from 'tar-stream'
 import { commitTemp, removeQuietly, tempPathFor } from '../../lib/atomic.js'
 import { registerCleanup } from '../../lib/cleanup.js'
 import { BaleError, fromSystemError, isBaleError } from '../../lib/errors.js'
-import { type DataRange, dataRanges, readSparse } from '../../lib/sparse.js'
+import { type DataRange, dataRanges, inHole, readSparse } from '../../lib/sparse.js'
 import { type BundleManifest, MANIFEST_FILE, parseManifest, ROOTFS_FILE, serializeManifest } from './manifest.js'
 import { compressFrame } from './zstd-native.js'
 
@@ -35,7 +35,7 @@ export const DEFAULT_ZSTD_LEVEL = 3
  * work to share.
  */
 export const FRAME_SIZE = 8 * 1024 * 1024
-/** Compared against with memcmp speed (Buffer.equals); never written to. */
+/** Compared against with memcmp speed (Buffer.equals), and passed on for frames in holes; never written to. */
 const ZERO_FRAME = Buffer.alloc(FRAME_SIZE)
 
 /** zstd's range: 1 (fastest) … 22 (ultra; 20+ need much memory). */
@@ -143,10 +143,10 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
     // so it is compressed once and reused (a 1 GiB image holding 200 MB is ~100 such frames).
     let zeroFrame: Promise<Buffer> | undefined
     for await (const chunk of fixedChunks(pack as unknown as AsyncIterable<Buffer>, FRAME_SIZE, alloc)) {
-      const zero = chunk.length === FRAME_SIZE && chunk.equals(ZERO_FRAME)
+      const zero = chunk === ZERO_FRAME || (chunk.length === FRAME_SIZE && chunk.equals(ZERO_FRAME))
       if (zero) zeroFrame ??= compressFrame(ZERO_FRAME, opts.level)
       const p = (zero && zeroFrame ? zeroFrame : compressFrame(chunk, opts.level)).then((frame) => {
-        if (chunk.length === FRAME_SIZE) spare.push(chunk)
+        if (chunk.length === FRAME_SIZE && chunk !== ZERO_FRAME) spare.push(chunk)
         return frame
       })
       // Observed at once: a failure while an earlier frame is awaited must not go unhandled.
@@ -199,6 +199,12 @@ async function* readFrames(file: fs.FileHandle, size: number, first: number, all
   let pos = 0
   let want = Math.min(first, size)
   while (pos < size) {
+    if (want === FRAME_SIZE && size - pos >= FRAME_SIZE && inHole(ranges, pos, pos + FRAME_SIZE)) {
+      // A whole frame of unused blocks: the shared zero frame, neither filled nor compared later.
+      yield ZERO_FRAME
+      pos += FRAME_SIZE
+      continue
+    }
     const buf = alloc()
     const len = Math.min(want, size - pos, buf.length)
     const fill = await readSparse(file, buf, 0, len, pos, ranges)

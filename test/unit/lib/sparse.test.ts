@@ -3,7 +3,7 @@ import os from 'node:os'
 import path from 'node:path'
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { type DataRange, parseFilefrag, readSparse } from '../../../src/lib/sparse.js'
+import { type DataRange, inHole, parseFilefrag, readSparse } from '../../../src/lib/sparse.js'
 
 /** `filefrag -s -e` of a 1 GiB image made by mkfs.ext4 -d (e2fsprogs 1.47.0), trimmed to a few extents. */
 const IMAGE = `Filesystem type is: ef53
@@ -59,6 +59,29 @@ t2: 1 extent found
     ['FIEMAP unsupported', 'Filesystem type is: 1021994\nFile size of t is 10485760 (2560 blocks of 4096 bytes)\nt: FIBMAP/FIEMAP unsupported\n', 10485760],
   ])('refuses output it does not understand: %s', (_what, text, size) => {
     expect(parseFilefrag(text, size)).toBeUndefined()
+  })
+})
+
+describe('inHole', () => {
+  const ranges: DataRange[] = [
+    { start: 100, end: 200 },
+    { start: 500, end: 600 },
+  ]
+  it.each([
+    [0, 100, true],
+    [0, 101, false],
+    [200, 500, true],
+    [199, 300, false],
+    [450, 501, false],
+    [600, 10_000, true],
+    [150, 160, false],
+  ])('[%d, %d) in a hole: %s', (start, end, hole) => {
+    expect(inHole(ranges, start, end)).toBe(hole)
+  })
+
+  it('without a map nothing is known to be a hole', () => {
+    expect(inHole(undefined, 0, 10)).toBe(false)
+    expect(inHole([], 0, 10)).toBe(true)
   })
 })
 
