@@ -7,10 +7,10 @@ import { isBaleError } from '../lib/errors.js'
 import type { BundleManifest } from './bundle/manifest.js'
 import { writeBundle } from './bundle/writer.js'
 import { buildExt4 } from './ext4/index.js'
-import { applyLayer, createTree } from './flatten/index.js'
+import { applyReadLayer, createTree, type ReadLayer, readLayer } from './flatten/index.js'
 import { injectGuest } from './inject/index.js'
-import { openLayerTar, storedBytesMismatch } from './source/layer.js'
-import type { ImageSource, ResolvedImage } from './source/types.js'
+import { type OpenedLayer, openLayerTar, storedBytesMismatch } from './source/layer.js'
+import type { ImageSource, LayerBlob, ResolvedImage } from './source/types.js'
 import { blobPath, type FlatTree } from './tree.js'
 
 /** Everything make-bundle needs, resolved and validated once by the command (STYLE.md item 1). */
@@ -48,6 +48,14 @@ export interface MakeBundleResult {
   manifest: BundleManifest
 }
 
+/** A layer being read ahead of its turn to be applied (see the loop in makeBundle). */
+interface ReadingLayer {
+  readonly blob: LayerBlob
+  readonly label: string
+  readonly opened: Promise<OpenedLayer>
+  readonly reading: Promise<ReadLayer>
+}
+
 export async function makeBundle(opts: MakeBundleOptions, onEvent: (e: MakeBundleEvent) => void = () => {}): Promise<MakeBundleResult> {
   const staging = await fs.mkdtemp(path.join(opts.tmpDir ?? os.tmpdir(), 'bale-staging-'))
   const unregister = registerCleanup(staging)
@@ -57,17 +65,41 @@ export async function makeBundle(opts: MakeBundleOptions, onEvent: (e: MakeBundl
 
     const tree = await createTree(staging)
     const layerRecords: BundleManifest['source']['layers'] = []
-    for (const [index, blob] of image.layers.entries()) {
+    // Layer i+1 is read (decompressed, verified, its files written to blobs) while layer i is
+    // finished and applied: reading does not depend on the tree, applying is in order. Two at
+    // a time: the build machine has two cores, and creating files is what each mostly waits on.
+    const read = (index: number): ReadingLayer => {
+      const blob = image.layers[index] as LayerBlob
       const label = `layer ${index + 1}/${image.layers.length}${blob.digest ? ` ${blob.digest}` : ''}`
-      const { tar, digests } = await openLayerTar(blob, label)
-      // Attach a handler now: if flatten fails first, the digest promise must not reject unobserved.
-      digests.catch(() => undefined)
-      const stats = await applyLayer(tree, tar, { index, label }).catch(async (e: unknown) => {
-        throw (isBaleError(e) && e.code === 'E_DIGEST' ? undefined : await storedBytesMismatch(blob, label)) ?? e
+      const opened = openLayerTar(blob, label)
+      const reading = opened.then(({ tar, digests }) => {
+        // Attach a handler now: if flatten fails first, the digest promise must not reject unobserved.
+        digests.catch(() => undefined)
+        return readLayer(tree, tar, { index, label }).catch(async (e: unknown) => {
+          throw (isBaleError(e) && e.code === 'E_DIGEST' ? undefined : await storedBytesMismatch(blob, label)) ?? e
+        })
       })
-      const d = await digests
-      layerRecords.push({ digest: blob.digest, diff_id: d.diffId, media_type: blob.mediaType, size: blob.size ?? d.size })
-      onEvent({ stage: 'layer', index, total: image.layers.length, digest: blob.digest, entries: stats.entries, bytes: stats.bytes })
+      reading.catch(() => undefined)
+      return { blob, label, opened, reading }
+    }
+    let next = image.layers.length > 0 ? read(0) : undefined
+    try {
+      for (let index = 0; next !== undefined; index++) {
+        const cur = next
+        next = index + 1 < image.layers.length ? read(index + 1) : undefined
+        const stats = await applyReadLayer(tree, await cur.reading)
+        const d = await (await cur.opened).digests
+        layerRecords.push({ digest: cur.blob.digest, diff_id: d.diffId, media_type: cur.blob.mediaType, size: cur.blob.size ?? d.size })
+        onEvent({ stage: 'layer', index, total: image.layers.length, digest: cur.blob.digest, entries: stats.entries, bytes: stats.bytes })
+      }
+    } catch (e) {
+      // The layer read ahead must be stopped, and its blob writer done, before staging goes.
+      if (next !== undefined) {
+        const ahead = next
+        await ahead.opened.then(({ tar }) => tar.destroy(), () => undefined)
+        await ahead.reading.catch(() => undefined)
+      }
+      throw e
     }
 
     const epoch = opts.sourceDateEpoch ?? imageEpoch(image) ?? newestMtime(tree)

@@ -343,6 +343,16 @@ describe('make-bundle refuses bad input with one clear line and no output', () =
     await expectRefused(['--oci-layout', `${dir}:v1`], 5, message)
   })
 
+  it('a hostile name in the first of three layers, while the next is being read ahead', async () => {
+    const dir = path.join(work, 'hostile-first')
+    const many = (tag: string, n: number): TarEntry[] => Array.from({ length: n }, (_, i) => ({ name: `${tag}/f${i}`, content: `${tag} ${i} `.repeat(300) }))
+    // The bad name comes last in layer 1, so layer 2 is well under way (on its thread) by then.
+    const layers = [buildTar([...many('one', 1500), { name: '../escape', content: 'x' }]), buildTar(many('two', 3000)), buildTar(many('three', 300))]
+    await writeOciLayout(dir, [{ layers: layers.map((tar) => ({ tar, compression: 'gzip' as const })) }], { tag: 'v1' })
+    // The second layer's reader (and its blob-writing thread) is stopped before staging is removed.
+    await expectRefused(['--oci-layout', `${dir}:v1`], 5, /layer 1\/3.*(\.\.\/escape|'\.\.')/)
+  })
+
   it('a symlink-parent escape', async () => {
     const dir = path.join(work, 'symlink-parent')
     const tar = buildTar([{ name: 'etc', type: 'symlink', linkname: '/tmp' }, { name: 'etc/passwd', content: 'owned' }])
@@ -373,6 +383,32 @@ describe('make-bundle interrupted', () => {
     const r = await run
     expect(r.signal === 'SIGINT' || r.code === 130).toBe(true)
     expect(r.stderr).toMatch(/interrupted/)
+    expect(existsSync(out)).toBe(false)
+    expect(readdirSync(tmp)).toEqual([])
+  })
+
+  it('SIGINT while two layers of small files are written by their threads leaves no staging', async () => {
+    const files = (tag: string): TarEntry[] => Array.from({ length: 3000 }, (_, i) => ({ name: `${tag}/${i}`, content: `${tag}${i}`.repeat(300) }))
+    const dir = path.join(work, 'many')
+    await writeOciLayout(dir, [{ layers: [buildTar(files('a')), buildTar(files('b'))].map((tar) => ({ tar, compression: 'gzip' as const })) }], { tag: 'v1' })
+    const tmp = nobodyDir('sigint-many')
+    const out = path.join(tmp, 'out.tar.zst')
+    let pid = 0
+    const run = bale(['make-bundle', '--oci-layout', `${dir}:v1`, '--out', out], { env: { TMPDIR: tmp }, onSpawn: (p) => (pid = p) })
+    const blobs = (): number => {
+      const staging = readdirSync(tmp).find((n) => n.startsWith('bale-staging-'))
+      try {
+        return staging === undefined ? 0 : readdirSync(path.join(tmp, staging, 'blobs')).length
+      } catch {
+        return 0
+      }
+    }
+    const deadline = Date.now() + 60_000
+    // Past the first 64 blobs of a layer, its files are created by a worker thread.
+    while (blobs() < 500 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5))
+    process.kill(pid, 'SIGINT')
+    const r = await run
+    expect(r.signal === 'SIGINT' || r.code === 130).toBe(true)
     expect(existsSync(out)).toBe(false)
     expect(readdirSync(tmp)).toEqual([])
   })

@@ -60,6 +60,22 @@ const KINDS: Record<string, NodeKind | 'link'> = {
 }
 
 export async function applyLayer(tree: FlatTree, tar: Readable, layer: { index: number; label: string }): Promise<LayerStats> {
+  return applyReadLayer(tree, await readLayer(tree, tar, layer))
+}
+
+/** A layer read and checked, its contents in their blobs, its changes not yet made to the tree. */
+export interface ReadLayer {
+  readonly label: string
+  readonly ops: readonly LayerOp[]
+  readonly stats: LayerStats
+}
+
+/**
+ * The first half of applyLayer: read the layer, write its regular files' contents to new blobs
+ * and collect its changes. It does not look at the tree's entries (only takes inode numbers), so
+ * the next layer can be read while this one is applied; layers must still be applied in order.
+ */
+export async function readLayer(tree: FlatTree, tar: Readable, layer: { index: number; label: string }): Promise<ReadLayer> {
   const { label } = layer
   const ops: LayerOp[] = []
   const stats: LayerStats = { entries: 0, bytes: 0 }
@@ -75,13 +91,22 @@ export async function applyLayer(tree: FlatTree, tar: Readable, layer: { index: 
     })
     // Every blob of the layer written before the tree edits, which may remove some.
     await blobs.flush()
-    await new TreeEditor(tree, label).applyLayerOps(ops)
   } catch (e) {
     throw asBaleError(e, label)
   } finally {
     await blobs.close()
   }
-  return stats
+  return { label, ops, stats }
+}
+
+/** The second half of applyLayer: make a read layer's changes to the tree (whiteouts first, see above). */
+export async function applyReadLayer(tree: FlatTree, layer: ReadLayer): Promise<LayerStats> {
+  try {
+    await new TreeEditor(tree, layer.label).applyLayerOps(layer.ops)
+  } catch (e) {
+    throw asBaleError(e, layer.label)
+  }
+  return layer.stats
 }
 
 function asBaleError(e: unknown, label: string): BaleError {

@@ -51,7 +51,7 @@ export class TreeEditor {
    * Whiteouts first, against the tree as the lower layers left it (checked all before any is
    * applied, so their order does not matter either), then the other members in archive order.
    */
-  async applyLayerOps(ops: LayerOp[]): Promise<void> {
+  async applyLayerOps(ops: readonly LayerOp[]): Promise<void> {
     const removals: string[] = []
     for (const op of ops) {
       if (op.op === 'whiteout') {
