@@ -17,12 +17,13 @@ if [ "$(id -u)" -eq 0 ]; then
   # Build unprivileged (uid/gid 65534) in a directory that user may write.
   build=$(mktemp -d /tmp/bale-demo.XXXXXX); chmod 0755 "$build"
   cp -r "$out/oci" "$build/oci"; chown -R 65534:65534 "$build"
-  builder=(setpriv --reuid=65534 --regid=65534 --clear-groups env HOME="$build" TMPDIR="$build")
+  # An ordinary user's PATH, without /usr/sbin where e2fsprogs lives: bale must find it anyway.
+  builder=(setpriv --reuid=65534 --regid=65534 --clear-groups env HOME="$build" TMPDIR="$build" PATH=/usr/local/bin:/usr/bin:/bin)
 else
   build=$(cd "$out" && pwd)
 fi
 echo "== make-bundle (as uid $( "${builder[@]}" id -u 2>/dev/null || id -u))"
-"${builder[@]}" node bin/run.js make-bundle --oci-layout "$build/oci:latest" --out "$build/demo.tar.zst" \
+"${builder[@]}" "$(command -v node)" bin/run.js make-bundle --oci-layout "$build/oci:latest" --out "$build/demo.tar.zst" \
   --name demo --version 1.0.0 --description "busybox httpd demo" --quiet
 cp "$build/demo.tar.zst" "$out/demo.tar.zst"
 [ "$build" != "$(cd "$out" && pwd)" ] && rm -rf "$build"
