@@ -4,6 +4,7 @@ import path from 'node:path'
 import { z } from 'zod'
 import { writeFileAtomic } from '../lib/atomic.js'
 import { BaleError } from '../lib/errors.js'
+import { readJsonIfExists } from '../lib/json-file.js'
 import { parseSize } from '../lib/size.js'
 import { makeBundle, type MakeBundleEvent } from '../pipeline/make-bundle.js'
 import { registrySource } from '../pipeline/source/registry.js'
@@ -117,20 +118,9 @@ export function buildInputs(entry: CatalogEntry, o: Pick<CatalogBuildOptions, 'l
 }
 
 export async function readBuildRecord(file: string): Promise<BuildRecord | undefined> {
-  let text: string
-  try {
-    text = await fs.readFile(file, 'utf8')
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined
-    throw e
-  }
-  try {
-    const r = BuildRecordSchema.safeParse(JSON.parse(text))
-    return r.success ? r.data : undefined
-  } catch {
-    // A damaged record only means the entry is rebuilt.
-    return undefined
-  }
+  // A damaged or absent record only means the entry is rebuilt.
+  const r = BuildRecordSchema.safeParse(await readJsonIfExists(file, () => undefined))
+  return r.success ? r.data : undefined
 }
 
 function selectEntries(entries: readonly CatalogEntry[], names: readonly string[], catalogFile: string): CatalogEntry[] {

@@ -64,7 +64,9 @@ function indexPath(env: NodeJS.ProcessEnv): string {
 
 async function readRecords(env: NodeJS.ProcessEnv): Promise<StoreRecord[]> {
   const file = indexPath(env)
-  const doc = await readJsonIfExists(file, () => new BaleError('E_STATE', `${file}: not valid JSON (the local bundle store index is damaged)`, { subject: file }))
+  const doc = await readJsonIfExists(file, () => {
+    throw new BaleError('E_STATE', `${file}: not valid JSON (the local bundle store index is damaged)`, { subject: file })
+  })
   if (doc === undefined) return []
   const r = StoreIndexSchema.safeParse(doc)
   if (!r.success) throw new BaleError('E_STATE', `${file}: not a bale store index (${r.error.issues[0]?.message ?? 'invalid'})`, { subject: file })

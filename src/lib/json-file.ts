@@ -1,12 +1,12 @@
 import { promises as fs } from 'node:fs'
-import type { BaleError } from './errors.js'
 
 /**
  * A JSON file that may not exist yet (a store's index before the first write): its parsed
- * content, or undefined when absent. Text that is not JSON becomes the caller's own error,
- * since what a damaged file means (corrupt state, bad input) depends on whose file it is.
+ * content, or undefined when absent. For text that is not JSON, `notJson` throws the caller's
+ * own error or returns what to use instead, since what a damaged file means (corrupt state, bad
+ * input, a cache entry to rebuild) depends on whose file it is.
  */
-export async function readJsonIfExists(file: string, notJson: () => BaleError): Promise<unknown | undefined> {
+export async function readJsonIfExists(file: string, notJson: () => unknown): Promise<unknown> {
   let text: string
   try {
     text = await fs.readFile(file, 'utf8')
@@ -17,6 +17,6 @@ export async function readJsonIfExists(file: string, notJson: () => BaleError): 
   try {
     return JSON.parse(text) as unknown
   } catch {
-    throw notJson()
+    return notJson()
   }
 }

@@ -183,7 +183,9 @@ export class OciStore {
   /** index.json's descriptors, [] when the store has none. */
   async readIndex(): Promise<Descriptor[]> {
     const p = path.join(this.dir, 'index.json')
-    const doc = await readJsonIfExists(p, () => new BaleError('E_INPUT', `${p}: not valid JSON`, { subject: p }))
+    const doc = await readJsonIfExists(p, () => {
+      throw new BaleError('E_INPUT', `${p}: not valid JSON`, { subject: p })
+    })
     if (doc === undefined) return []
     const manifests = typeof doc === 'object' && doc !== null ? (doc as { manifests?: unknown }).manifests : undefined
     if (!Array.isArray(manifests)) throw new BaleError('E_INPUT', `${p}: no 'manifests' array`, { subject: p })
