@@ -86,24 +86,15 @@ export function parseManifest(bytes: Buffer, declared: string | undefined, where
   }
   // A body without mediaType (allowed by OCI) takes the declared type, else its shape decides.
   const type = bodyType ?? (isManifestType(header) ? header : 'manifests' in obj ? MEDIA_TYPES.ociIndex : MEDIA_TYPES.ociManifest)
-  if (INDEX_TYPES.has(type)) {
-    let index: ImageIndex
+  const checked = <T>(check: (o: unknown) => T, what: string): T => {
     try {
-      index = checkIndex(obj)
+      return check(obj)
     } catch (e) {
-      throw new BaleError('E_INPUT', `${where}: malformed image index: ${why(e)}`, { subject: where })
+      throw new BaleError('E_INPUT', `${where}: malformed ${what}: ${why(e)}`, { subject: where })
     }
-    return { kind: 'index', mediaType: type, index }
   }
-  if (MANIFEST_TYPES.has(type)) {
-    let manifest: ImageManifest
-    try {
-      manifest = checkManifest(obj)
-    } catch (e) {
-      throw new BaleError('E_INPUT', `${where}: malformed image manifest: ${why(e)}`, { subject: where })
-    }
-    return { kind: 'manifest', mediaType: type, manifest }
-  }
+  if (INDEX_TYPES.has(type)) return { kind: 'index', mediaType: type, index: checked(checkIndex, 'image index') }
+  if (MANIFEST_TYPES.has(type)) return { kind: 'manifest', mediaType: type, manifest: checked(checkManifest, 'image manifest') }
   throw new BaleError('E_INPUT', `${where}: unsupported manifest media type ${type}`, { subject: where })
 }
 
