@@ -51,7 +51,6 @@ export interface MakeBundleResult {
 /** A layer being read ahead of its turn to be applied (see the loop in makeBundle). */
 interface ReadingLayer {
   readonly blob: LayerBlob
-  readonly label: string
   readonly opened: Promise<OpenedLayer>
   readonly reading: Promise<ReadLayer>
 }
@@ -80,7 +79,7 @@ export async function makeBundle(opts: MakeBundleOptions, onEvent: (e: MakeBundl
         })
       })
       reading.catch(() => undefined)
-      return { blob, label, opened, reading }
+      return { blob, opened, reading }
     }
     let next = image.layers.length > 0 ? read(0) : undefined
     try {

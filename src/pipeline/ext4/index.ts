@@ -127,17 +127,17 @@ async function writeScript(file: string, lines: Iterable<ScriptLine>): Promise<v
   }
 }
 
+/** What buildExt4 made: the plan it followed and the finished image's SHA-256 (hex). */
+export interface Ext4Result extends Ext4Plan {
+  sha256: string
+}
+
 /**
  * Build the ext4 image of `tree` at `outPath` (a temporary path the caller renames into place;
  * it is created or truncated, never followed if it is a symlink, and removed on failure).
  * Scratch files live in `${staging}/root` and `${staging}/ext4`, both removed before returning
  * (the root is left for the caller with `consumeBlobs`).
  */
-/** What buildExt4 made: the plan it followed and the finished image's SHA-256 (hex). */
-export interface Ext4Result extends Ext4Plan {
-  sha256: string
-}
-
 export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Options): Promise<Ext4Result> {
   checkOptions(opts)
   const time = fsTimestamp(opts.timestamp)
