@@ -6,9 +6,13 @@
  * valid UTF-8 (flatten rejects others by name) and never contain NUL, '\n' or '\r'.
  *
  * Hard links are modelled as shared Inode objects: two entries whose `inode` is the same
- * object are links to one file. Regular-file contents live in the staging directory at
- * `<staging>/blobs/<ino>`, written only by this process; flatten never writes anywhere else.
+ * object are links to one file. Regular-file contents live in the staging directory, written
+ * only by this process; flatten never writes anywhere else: each file's own blob
+ * `<staging>/blobs/<ino>`, or, in a packed tree, a slice of a spool file per layer (no file is
+ * created per image file; see `Inode.content`).
  */
+import { constants, promises as fs } from 'node:fs'
+
 export type NodeKind = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo'
 
 export interface Inode {
@@ -29,20 +33,56 @@ export interface Inode {
   linkTarget?: string
   devMajor?: number
   devMinor?: number
+  /** Where a regular file's `size` bytes are when not in its own blob (packed trees). */
+  content?: ContentSlice
+}
+
+/** `size` bytes at `offset` of `path`, a spool file under the staging directory. */
+export interface ContentSlice {
+  readonly path: string
+  readonly offset: number
 }
 
 export interface FlatTree {
-  /** Staging directory; contents of regular files are in `${staging}/blobs/${ino}`. */
+  /** Staging directory; contents of regular files are in `${staging}/blobs/${ino}` or spools. */
   readonly staging: string
+  /**
+   * Flatten writes regular files' contents into one spool file per layer instead of a blob per
+   * file: for an ext4 stage that streams the tree to mkfs as a tar and never needs the files.
+   */
+  readonly packed: boolean
   /** Every entry by normalized path, including '' for the root directory. */
   readonly entries: Map<string, Inode>
   /** Next free inode number (for stages that add entries, e.g. inject). */
   nextIno: number
 }
 
-/** Path of a regular file's content in staging. */
+/** Path of a regular file's own blob in staging (where its content is unless `inode.content` says otherwise). */
 export function blobPath(tree: FlatTree, inode: Inode): string {
   return `${tree.staging}/blobs/${inode.ino}`
+}
+
+/** Where a regular file's content is, whichever way it was stored. */
+export function contentOf(tree: FlatTree, inode: Inode): ContentSlice {
+  return inode.content ?? { path: blobPath(tree, inode), offset: 0 }
+}
+
+/** A regular file's whole content, for the few small files a stage looks into (os-release). */
+export async function readContent(tree: FlatTree, inode: Inode): Promise<Buffer> {
+  const { path, offset } = contentOf(tree, inode)
+  const fh = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW)
+  try {
+    const buf = Buffer.alloc(inode.size)
+    let done = 0
+    while (done < buf.length) {
+      const { bytesRead } = await fh.read(buf, done, buf.length - done, offset + done)
+      if (bytesRead === 0) throw new Error(`${path}: ${inode.size} bytes expected at ${offset}, the file ends first`)
+      done += bytesRead
+    }
+    return buf
+  } finally {
+    await fh.close()
+  }
 }
 
 /** Number of names that refer to each inode (the ext4 link count for non-directories). */

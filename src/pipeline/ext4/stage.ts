@@ -6,7 +6,8 @@
  *
  * - directories: mkdir 0755, ours, whatever the image's mode (the image mode is set by debugfs),
  *   so an unprivileged mke2fs can read a 0000 directory's children;
- * - regular files: the content blob itself. A file with one name is renamed from
+ * - regular files: the content blob itself (a packed tree's spooled files are copied out into
+ *   blobs first: mke2fs 1.47.0 reads files, not slices). A file with one name is renamed from
  *   `${staging}/blobs/<ino>` into place and renamed back afterwards: mke2fs 1.47.0 looks every
  *   file with st_nlink > 1 up in a linear list of hard links (quadratic over a tree of blobs
  *   that are all linked twice). A file with several names is hard-linked from its blob under each
@@ -16,13 +17,15 @@
  *   debugfs `ln` adds the others);
  * - devices and fifos: not at all (no mknod without root); debugfs makes them.
  */
-import { chmodSync, closeSync, constants, lstatSync, linkSync, mkdirSync, openSync, renameSync, rmSync, symlinkSync } from 'node:fs'
+import { chmodSync, closeSync, constants, lstatSync, linkSync, mkdirSync, openSync, readSync, renameSync, rmSync, symlinkSync, writeSync } from 'node:fs'
 import { BaleError, fromSystemError } from '../../lib/errors.js'
-import { blobPath, linkCounts, type FlatTree, type Inode } from '../tree.js'
+import { blobPath, type ContentSlice, linkCounts, type FlatTree, type Inode } from '../tree.js'
 import { sortedPaths } from './debugfs.js'
 
 /** Blobs must be readable by their owner for mke2fs; 0644 is what a plain file gets (its image mode is set later). */
 const STAGED_FILE_MODE = 0o644
+/** Bytes per read when a spooled file is copied out into its own blob. */
+const COPY_BYTES = 1 << 20
 /** Staged directories: ours, listable and searchable so mke2fs can walk them unprivileged. */
 const STAGED_DIR_MODE = 0o755
 /** What mke2fs needs of a staged directory (owner read, write for our own links, search). */
@@ -43,10 +46,33 @@ function stageError(e: unknown, where: string): BaleError {
   return new BaleError('E_TOOL', `${where}: staging for mkfs: ${msg}`, { subject: where, cause: e })
 }
 
+/** Copy a spooled file's slice into its own blob (a packed tree staged as a directory). */
+function unspool(tree: FlatTree, inode: Inode, slice: ContentSlice, blob: string): void {
+  const src = openSync(slice.path, constants.O_RDONLY | constants.O_NOFOLLOW)
+  try {
+    const dst = openSync(blob, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, STAGED_FILE_MODE)
+    try {
+      const buf = Buffer.allocUnsafe(Math.min(inode.size, COPY_BYTES))
+      for (let done = 0; done < inode.size; ) {
+        const n = readSync(src, buf, 0, Math.min(buf.length, inode.size - done), slice.offset + done)
+        if (n === 0) throw new BaleError('E_INPUT', `${slice.path}: ends before the ${inode.size} bytes at ${slice.offset}`, { subject: slice.path })
+        for (let off = 0; off < n; ) off += writeSync(dst, buf, off, n - off)
+        done += n
+      }
+    } finally {
+      closeSync(dst)
+    }
+  } finally {
+    closeSync(src)
+  }
+}
+
 /** The blob of a regular file, checked and made readable; created empty when flatten wrote none for an empty file. */
 function ensureBlob(tree: FlatTree, inode: Inode, where: string): string {
   const blob = blobPath(tree, inode)
-  if (inode.size === 0) {
+  if (inode.content !== undefined) {
+    unspool(tree, inode, inode.content, blob)
+  } else if (inode.size === 0) {
     // O_EXCL|O_NOFOLLOW: create if absent, never through a link; an existing blob is kept.
     try {
       closeSync(openSync(blob, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, STAGED_FILE_MODE))

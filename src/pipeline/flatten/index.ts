@@ -2,8 +2,9 @@ import { promises as fs } from 'node:fs'
 import type { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { BaleError, fromSystemError, isBaleError } from '../../lib/errors.js'
-import { baseName, type FlatTree, type Inode, type NodeKind } from '../tree.js'
+import { baseName, type ContentSlice, type FlatTree, type Inode, type NodeKind } from '../tree.js'
 import { BlobWriter } from './blob-writer.js'
+import { SpoolWriter } from './spool-writer.js'
 import { checkName, decodeUtf8, MAX_PATH_BYTES, normalizeEntryName, showPath } from './names.js'
 import { readTar, type TarHeader } from './tar-reader.js'
 import { type LayerOp, type NodeSpec, TreeEditor } from './tree-editor.js'
@@ -40,11 +41,36 @@ const AUFS_META_PREFIX = '.wh..wh.'
 /** ext4 stores uid and gid as 32-bit numbers. */
 const MAX_ID = 0xffffffff
 
-export async function createTree(staging: string): Promise<FlatTree> {
-  // mkdir without recursive fails if blobs already exists, so a planted symlink cannot redirect it.
+/** `packed`: contents go to one spool per layer rather than a blob per file (see tree.ts). */
+export async function createTree(staging: string, opts: { packed?: boolean } = {}): Promise<FlatTree> {
+  // mkdir without recursive fails if it already exists, so a planted symlink cannot redirect it.
   await fs.mkdir(`${staging}/blobs`, { mode: 0o700 })
+  if (opts.packed === true) await fs.mkdir(`${staging}/spool`, { mode: 0o700 })
   const root: Inode = { ino: ROOT_INO, kind: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 0, size: 0, xattrs: new Map() }
-  return { staging, entries: new Map([['', root]]), nextIno: ROOT_INO + 1 }
+  return { staging, packed: opts.packed === true, entries: new Map([['', root]]), nextIno: ROOT_INO + 1 }
+}
+
+/** Where readLayer puts a layer's regular-file contents: a blob per file, or the layer's spool. */
+interface ContentSink {
+  /** Store a file's bytes; returns their slice when they are not in the inode's own blob. */
+  add(ino: number, body: AsyncIterable<Buffer>): Promise<ContentSlice | undefined>
+  flush(): Promise<void>
+  close(): Promise<void>
+}
+
+function contentSink(tree: FlatTree): ContentSink {
+  if (tree.packed) {
+    // Named by a number of the tree's, so a spool is never reused, whichever layer is read again.
+    const spool = new SpoolWriter(`${tree.staging}/spool/${tree.nextIno++}`)
+    return { add: (_ino, body) => spool.add(body), flush: () => spool.flush(), close: () => spool.close() }
+  }
+  const blobs = new BlobWriter()
+  return {
+    // Same place blobPath() names once the inode exists.
+    add: async (ino, body) => void (await blobs.write(`${tree.staging}/blobs/${ino}`, body)),
+    flush: () => blobs.flush(),
+    close: () => blobs.close(),
+  }
 }
 
 const KINDS: Record<string, NodeKind | 'link'> = {
@@ -79,7 +105,7 @@ export async function readLayer(tree: FlatTree, tar: Readable, layer: { index: n
   const { label } = layer
   const ops: LayerOp[] = []
   const stats: LayerStats = { entries: 0, bytes: 0 }
-  const blobs = new BlobWriter()
+  const blobs = contentSink(tree)
   try {
     await pipeline(tar, async (source: AsyncIterable<unknown>) => {
       stats.entries = await readTar(source, label, async (h, body) => {
@@ -121,7 +147,7 @@ function asBaleError(e: unknown, label: string): BaleError {
 type Fail = (code: 'E_INPUT' | 'E_UNSAFE_PATH', why: string) => BaleError
 
 /** Turn one tar member into an operation (undefined: skipped); regular-file contents go to their blob now. */
-async function readMember(tree: FlatTree, h: TarHeader, body: AsyncIterable<Buffer>, label: string, blobs: BlobWriter): Promise<LayerOp | undefined> {
+async function readMember(tree: FlatTree, h: TarHeader, body: AsyncIterable<Buffer>, label: string, blobs: ContentSink): Promise<LayerOp | undefined> {
   const shown = showPath(h.name)
   const fail: Fail = (code, why) =>
     new BaleError(code, `${label}: ${shown}: ${why}`, { subject: shown })
@@ -183,12 +209,13 @@ async function readMember(tree: FlatTree, h: TarHeader, body: AsyncIterable<Buff
       spec.linkTarget = symlinkTarget(h.linkname, fail)
       spec.size = Buffer.byteLength(spec.linkTarget, 'utf8')
       break
-    case 'file':
+    case 'file': {
       spec.ino = tree.nextIno++
       spec.size = h.size
-      // Same place blobPath() names once the inode exists.
-      await blobs.write(`${tree.staging}/blobs/${spec.ino}`, body)
+      const slice = await blobs.add(spec.ino, body)
+      if (slice !== undefined) spec.content = slice
       break
+    }
     default:
       break
   }

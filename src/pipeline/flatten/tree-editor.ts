@@ -130,6 +130,7 @@ export class TreeEditor {
     if (spec.linkTarget !== undefined) inode.linkTarget = spec.linkTarget
     if (spec.devMajor !== undefined) inode.devMajor = spec.devMajor
     if (spec.devMinor !== undefined) inode.devMinor = spec.devMinor
+    if (spec.content !== undefined) inode.content = spec.content
     return inode
   }
 
@@ -198,7 +199,8 @@ export class TreeEditor {
     this.orphans = new Set()
     for (const inode of gone) {
       this.nlink.delete(inode)
-      if (inode.kind === 'file') await fs.rm(blobPath(this.tree, inode), { force: true })
+      // A spooled file's slice stays: the spool is one file for the whole layer.
+      if (inode.kind === 'file' && inode.content === undefined) await fs.rm(blobPath(this.tree, inode), { force: true })
     }
   }
 }

@@ -18,7 +18,7 @@ export class TreeBuilder {
   readonly tree: FlatTree
 
   constructor(staging: string) {
-    this.tree = { staging, entries: new Map(), nextIno: 1 }
+    this.tree = { staging, packed: false, entries: new Map(), nextIno: 1 }
   }
 
   static async create(staging: string, rootAttrs: Attrs = {}): Promise<TreeBuilder> {
@@ -75,5 +75,35 @@ export class TreeBuilder {
 
   fifo(p: string, a: Attrs = {}): Inode {
     return this.add(p, this.inode('fifo', a))
+  }
+
+  /**
+   * Turn the tree into a packed one, as flatten makes it for mke2fs's tar input: every blob's
+   * bytes appended to one spool (with a gap between files, so offsets matter), the blobs gone.
+   */
+  async pack(): Promise<void> {
+    const spoolDir = path.join(this.tree.staging, 'spool')
+    await fs.mkdir(spoolDir, { mode: 0o700 })
+    const spool = path.join(spoolDir, '1')
+    const fh = await fs.open(spool, 'wx', 0o600)
+    try {
+      let offset = 0
+      const done = new Set<Inode>()
+      for (const inode of this.tree.entries.values()) {
+        if (inode.kind !== 'file' || done.has(inode)) continue
+        done.add(inode)
+        const blob = path.join(this.tree.staging, 'blobs', String(inode.ino))
+        const data = await fs.readFile(blob).catch(() => Buffer.alloc(0))
+        await fh.write(Buffer.from('gap'), 0, 3, offset)
+        offset += 3
+        await fh.write(data, 0, data.length, offset)
+        inode.content = { path: spool, offset }
+        offset += data.length
+        await fs.rm(blob, { force: true })
+      }
+    } finally {
+      await fh.close()
+    }
+    ;(this.tree as { packed: boolean }).packed = true
   }
 }

@@ -8,7 +8,7 @@ import path from 'node:path'
 import { expect } from 'vitest'
 import { isBaleError, type ErrorCode } from '../../../src/lib/errors.js'
 import { applyLayer, createTree } from '../../../src/pipeline/flatten/index.js'
-import { blobPath, linkCounts, type FlatTree, type Inode } from '../../../src/pipeline/tree.js'
+import { linkCounts, readContent, type FlatTree, type Inode } from '../../../src/pipeline/tree.js'
 import { chunkedStream, tarStream, type BuildTarOptions, type ChunkOptions, type TarEntry } from '../../helpers/tar.js'
 
 const stagings: string[] = []
@@ -36,9 +36,9 @@ export function label(i: number): string {
  * the staging invariant: staging holds only `blobs/`, and `blobs/` holds exactly one blob per
  * live regular-file inode, of the inode's size.
  */
-export async function flatten(layers: Array<TarEntry[] | Buffer>, opts: BuildTarOptions & ChunkOptions = {}, staging?: string): Promise<FlatTree> {
+export async function flatten(layers: Array<TarEntry[] | Buffer>, opts: BuildTarOptions & ChunkOptions & { packed?: boolean } = {}, staging?: string): Promise<FlatTree> {
   staging ??= await newStaging()
-  const tree = await createTree(staging)
+  const tree = await createTree(staging, { packed: opts.packed })
   for (const [i, layer] of layers.entries()) {
     const src = Buffer.isBuffer(layer) ? chunkedStream(layer) : tarStream(layer, opts)
     await applyLayer(tree, src, { index: i, label: label(i) })
@@ -74,6 +74,16 @@ export async function expectOnlyBlobs(staging: string): Promise<void> {
 }
 
 export async function expectStagingMatches(tree: FlatTree): Promise<void> {
+  if (tree.packed) {
+    // A packed tree: no blob at all, spools only (0600 files), and every live file's slice inside its spool.
+    expect((await readdir(tree.staging)).sort()).toEqual(['blobs', 'spool'])
+    expect(await readdir(path.join(tree.staging, 'blobs'))).toEqual([])
+    for (const l of (await listStaging(tree.staging)).filter((x) => x.startsWith('spool/'))) expect(l).toMatch(/^spool\/\d+ file 0600$/)
+    for (const inode of tree.entries.values()) {
+      if (inode.kind === 'file') expect((await readContent(tree, inode)).length).toBe(inode.size)
+    }
+    return
+  }
   expect(await readdir(tree.staging)).toEqual(['blobs'])
   const live = new Map<string, Inode>()
   for (const inode of tree.entries.values()) if (inode.kind === 'file') live.set(String(inode.ino), inode)
@@ -94,7 +104,7 @@ export async function view(tree: FlatTree): Promise<Record<string, string>> {
   for (const p of [...tree.entries.keys()].sort()) {
     const i = tree.entries.get(p) as Inode
     let s = `${i.kind} ${i.mode.toString(8).padStart(4, '0')} ${i.uid}:${i.gid}`
-    if (i.kind === 'file') s += ` ${JSON.stringify((await readFile(blobPath(tree, i))).toString('utf8'))}`
+    if (i.kind === 'file') s += ` ${JSON.stringify((await readContent(tree, i)).toString('utf8'))}`
     if (i.kind === 'symlink') s += ` -> ${i.linkTarget ?? '?'}`
     if (i.kind === 'char' || i.kind === 'block') s += ` ${i.devMajor ?? '?'},${i.devMinor ?? '?'}`
     if (i.mtime !== 0) s += ` @${i.mtime}`

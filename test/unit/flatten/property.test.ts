@@ -7,12 +7,11 @@
  * the lower layers left), then the other members in archive order; subtrees are found by prefix
  * scans and hard links by object identity, with none of the implementation's indexes.
  */
-import { readFile } from 'node:fs/promises'
 import fc from 'fast-check'
 import { afterEach, describe, expect, it } from 'vitest'
 import { isBaleError, type ErrorCode } from '../../../src/lib/errors.js'
 import { applyLayer, createTree } from '../../../src/pipeline/flatten/index.js'
-import { blobPath, type FlatTree } from '../../../src/pipeline/tree.js'
+import { readContent, type FlatTree } from '../../../src/pipeline/tree.js'
 import { tarStream, type TarEntry } from '../../helpers/tar.js'
 import { expectStagingMatches, newStaging, removeStagings } from './harness.js'
 
@@ -188,7 +187,7 @@ function shape<T extends object>(entries: Map<string, T>, describeNode: (n: T) =
 
 async function actualShape(tree: FlatTree): Promise<Shape> {
   const contents = new Map<object, string>()
-  for (const i of tree.entries.values()) if (i.kind === 'file') contents.set(i, await readFile(blobPath(tree, i), 'utf8'))
+  for (const i of tree.entries.values()) if (i.kind === 'file') contents.set(i, (await readContent(tree, i)).toString('utf8'))
   return shape(tree.entries, (i) => `${i.kind} ${i.mode.toString(8)} ${contents.get(i) ?? ''}${i.linkTarget ?? ''}`)
 }
 
@@ -196,12 +195,13 @@ function refShape(t: RTree): Shape {
   return shape(t, (n) => `${n.kind} ${n.mode.toString(8)} ${n.content ?? ''}${n.target ?? ''}`)
 }
 
-describe('flatten property', () => {
+// Both ways of storing contents: a blob per file, and a spool per layer (a packed tree).
+describe.each([false, true])('flatten property (packed: %s)', (packed) => {
   const stats = { runs: 0, errors: 0, maxEntries: 0, withLinks: 0 }
-  it('matches the reference model on random layer sequences, and staging holds only live blobs', async () => {
+  it('matches the reference model on random layer sequences, and staging holds only live contents', async () => {
     await fc.assert(
       fc.asyncProperty(layers, async (ls) => {
-        const tree = await createTree(await newStaging())
+        const tree = await createTree(await newStaging(), { packed })
         const ref: RTree = new Map([['', { kind: 'dir', mode: 0o755 }]])
         stats.runs++
         for (const [i, ops] of ls.entries()) {

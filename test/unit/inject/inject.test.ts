@@ -20,7 +20,7 @@ beforeEach(async () => {
   init = path.join(dir, 'fake-init')
   const staging = path.join(dir, 'staging')
   await mkdir(path.join(staging, 'blobs'), { recursive: true })
-  tree = { staging, entries: new Map([['', node(1, 'dir', 0o755)], ['proc', node(2, 'dir', 0o700)], ['.bale', node(3, 'dir', 0o777)], ['.bale/evil', node(4, 'file', 0o4777)]]), nextIno: 5 }
+  tree = { staging, packed: false, entries: new Map([['', node(1, 'dir', 0o755)], ['proc', node(2, 'dir', 0o700)], ['.bale', node(3, 'dir', 0o777)], ['.bale/evil', node(4, 'file', 0o4777)]]), nextIno: 5 }
 })
 afterEach(async () => rm(dir, { recursive: true, force: true }))
 
