@@ -6,12 +6,12 @@ import { registerCleanup } from '../lib/cleanup.js'
 import { isBaleError } from '../lib/errors.js'
 import type { BundleManifest } from './bundle/manifest.js'
 import { writeBundle } from './bundle/writer.js'
-import { buildExt4 } from './ext4/index.js'
+import { buildExt4, mkfsReadsTar } from './ext4/index.js'
 import { applyReadLayer, createTree, type ReadLayer, readLayer } from './flatten/index.js'
 import { injectGuest } from './inject/index.js'
 import { type OpenedLayer, openLayerTar, storedBytesMismatch } from './source/layer.js'
 import type { ImageSource, LayerBlob, ResolvedImage } from './source/types.js'
-import { blobPath, type FlatTree } from './tree.js'
+import { type FlatTree, readContent } from './tree.js'
 
 /** Everything make-bundle needs, resolved and validated once by the command (STYLE.md item 1). */
 export interface MakeBundleOptions {
@@ -62,7 +62,10 @@ export async function makeBundle(opts: MakeBundleOptions, onEvent: (e: MakeBundl
     const image = await opts.source.resolve()
     onEvent({ stage: 'resolve', ref: image.ref, platform: image.platform, layers: image.layers.length, manifestDigest: image.manifestDigest })
 
-    const tree = await createTree(staging)
+    // Where mke2fs reads a tar on stdin, contents are spooled per layer and streamed to it: no file
+    // is created per image file (ext4/tar-input.ts). Otherwise a blob per file, staged as a directory.
+    const tarInput = await mkfsReadsTar(staging)
+    const tree = await createTree(staging, { packed: tarInput })
     const layerRecords: BundleManifest['source']['layers'] = []
     // Layer i+1 is read (decompressed, verified, its files written to blobs) while layer i is
     // finished and applied: reading does not depend on the tree, applying is in order. Two at
@@ -123,6 +126,7 @@ export async function makeBundle(opts: MakeBundleOptions, onEvent: (e: MakeBundl
       timestamp: epoch,
       // Nothing reads the tree's blobs after this; the staging directory goes with them.
       consumeBlobs: true,
+      input: tarInput ? 'tar' : 'dir',
     })
     onEvent({ stage: 'ext4', sizeBytes: plan.sizeBytes, inodes: plan.inodes })
 
@@ -212,7 +216,7 @@ async function detectDistro(tree: FlatTree): Promise<string | undefined> {
       inode = tree.entries.get(target)
     }
     if (inode?.kind !== 'file' || inode.size > 64 * 1024) continue
-    const text = await fs.readFile(blobPath(tree, inode), 'utf8')
+    const text = (await readContent(tree, inode)).toString('utf8')
     const field = (k: string): string | undefined => text.match(new RegExp(`^${k}="?([^"\\n]*)"?$`, 'm'))?.[1]
     const id = field('ID')
     if (!id) continue

@@ -61,7 +61,7 @@ async function buildOldWay(tree: FlatTree, out: string, opts: Ext4Options): Prom
   await fs.writeFile(conf, MKE2FS_CONF)
   try {
     await mkfs({
-      rootDir: path.join(tree.staging, 'root'), out, blocks: plan.sizeBytes / BLOCK_SIZE, inodes: plan.inodes,
+      input: { dir: path.join(tree.staging, 'root') }, out, blocks: plan.sizeBytes / BLOCK_SIZE, inodes: plan.inodes,
       uuid: opts.uuid, hashSeed: opts.hashSeed, timestamp: time, label: opts.label, conf, log: path.join(scratch, 'mkfs.log'),
     })
   } finally {

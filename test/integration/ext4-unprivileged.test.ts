@@ -44,9 +44,9 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { buildExt4 } from './src/pipeline/ext4/index.js'
 
-const [staging, out] = process.argv.slice(2)
+const [staging, out, input] = process.argv.slice(2)
 await fs.mkdir(path.join(staging, 'blobs'), { recursive: true })
-const tree = { staging, entries: new Map(), nextIno: 1 }
+const tree = { staging, packed: false, entries: new Map(), nextIno: 1 }
 function add(p, kind, a = {}, extra = {}) {
   const inode = { ino: tree.nextIno++, kind, mode: a.mode ?? 0o755, uid: a.uid ?? 0, gid: a.gid ?? 0,
     mtime: a.mtime ?? 1600000000, size: 0, xattrs: new Map(Object.entries(a.xattrs ?? {})), ...extra }
@@ -80,12 +80,13 @@ add('dev/sda', 'block', { mode: 0o660, gid: 6 }, { devMajor: 8, devMinor: 0 })
 add('dev/initctl', 'fifo', { mode: 0o600 })
 add('tmp', 'dir', { mode: 0o1777 })
 const plan = await buildExt4(tree, out, {
-  uuid: '9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d', hashSeed: '1e0f9a8b-7c6d-4e5f-9a3b-8c2d1e0f9a8b', timestamp: 1700000000,
+  uuid: '9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d', hashSeed: '1e0f9a8b-7c6d-4e5f-9a3b-8c2d1e0f9a8b', timestamp: 1700000000, input,
 })
 process.stdout.write(JSON.stringify({ uid: process.getuid(), gid: process.getgid(), plan }) + '\\n')
 `
 
-describe('ext4 stage without root', () => {
+// Both ways of feeding mke2fs: a staged directory, and a tar on its stdin (e2fsprogs >= 1.47.1).
+describe.each(['dir', 'tar'])('ext4 stage without root, mke2fs fed a %s', (input) => {
   let dir: string
   let image: string
   let report: { uid: number; gid: number; plan: { sizeBytes: number } }
@@ -94,6 +95,8 @@ describe('ext4 stage without root', () => {
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'bale-ext4-unpriv-'))
     await transpileTree(path.join(ROOT, 'src/pipeline/ext4/index.ts'), dir)
     await fs.writeFile(path.join(dir, 'child.mjs'), CHILD)
+    // The transpiled stage imports packages (tar-stream) as the project does.
+    await fs.symlink(path.join(ROOT, 'node_modules'), path.join(dir, 'node_modules'))
     const work = path.join(dir, 'work')
     await fs.mkdir(work)
     const asRoot = process.getuid?.() === 0
@@ -103,7 +106,7 @@ describe('ext4 stage without root', () => {
       execFileSync('chmod', ['-R', 'a+rX', dir])
       await fs.chown(work, NOBODY, NOBODY)
     }
-    const args = [path.join(dir, 'child.mjs'), path.join(work, 'staging'), path.join(work, 'rootfs.ext4')]
+    const args = [path.join(dir, 'child.mjs'), path.join(work, 'staging'), path.join(work, 'rootfs.ext4'), input]
     const out = asRoot
       ? execFileSync('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, ...args], { cwd: dir })
       : execFileSync(process.execPath, args, { cwd: dir })

@@ -10,7 +10,8 @@ import { cat, debugfs, e2fsckClean, stat, xattr } from '../helpers/debugfs.js'
 import { BaleError } from '../../src/lib/errors.js'
 import { sha256File } from '../../src/lib/hash.js'
 import { dataRanges } from '../../src/lib/sparse.js'
-import { buildExt4, minimumExt4Size, planExt4, type Ext4Options, type Ext4Result } from '../../src/pipeline/ext4/index.js'
+import { buildExt4, minimumExt4Size, mkfsReadsTar, planExt4, type Ext4Options, type Ext4Result } from '../../src/pipeline/ext4/index.js'
+import { type Inode, readContent } from '../../src/pipeline/tree.js'
 import { keptBlocks, metadataBlocks } from '../../src/pipeline/ext4/geometry.js'
 import { ext4Usage, inodeCount } from '../../src/pipeline/ext4/plan.js'
 import { TreeBuilder } from '../unit/ext4/fixture.js'
@@ -130,14 +131,41 @@ afterAll(async () => {
   await fs.rm(work, { recursive: true, force: true })
 })
 
-describe('ext4 image of a rich tree, read back with debugfs', () => {
+/**
+ * The ways mke2fs -d is fed: a staged directory (any e2fsprogs), or a tar on its stdin
+ * (e2fsprogs >= 1.47.1, which the set-up installs) from blobs or from a packed tree's spool.
+ */
+const FEEDS = [
+  { feed: 'a staged directory', input: 'dir', packed: false },
+  { feed: 'a tar on stdin', input: 'tar', packed: false },
+  { feed: 'a tar on stdin from a packed tree', input: 'tar', packed: true },
+] as const
+
+/**
+ * The image with each superblock copy's lifetime-writes counter (s_kbytes_written) and checksum
+ * zeroed: the only bytes that depend on how mke2fs was fed (it counts what it wrote).
+ */
+function withoutWriteCounters(file: string): Buffer {
+  const img = readFileSync(file)
+  const GROUP_BYTES = 32768 * 4096
+  for (let group = 0; group * GROUP_BYTES < img.length; group++) {
+    const sb = group === 0 ? 1024 : group * GROUP_BYTES
+    if (img.readUInt16LE(sb + 0x38) !== 0xef53) continue
+    img.fill(0, sb + 0x178, sb + 0x180)
+    img.fill(0, sb + 0x3fc, sb + 0x400)
+  }
+  return img
+}
+
+describe.each(FEEDS)('ext4 image of a rich tree, mke2fs fed $feed, read back with debugfs', ({ input, packed }) => {
   let image: string
   let tree: TreeBuilder
   let plan: Ext4Result
   beforeAll(async () => {
-    tree = await richTree(path.join(work, 'rich-staging'))
-    image = path.join(work, 'rich.ext4')
-    plan = await buildExt4(tree.tree, image, OPTS)
+    tree = await richTree(path.join(work, `rich-staging-${input}-${packed}`))
+    if (packed) await tree.pack()
+    image = path.join(work, `rich-${input}-${packed}.ext4`)
+    plan = await buildExt4(tree.tree, image, { ...OPTS, input })
     expect((await fs.stat(image)).size).toBe(plan.sizeBytes)
   })
 
@@ -250,14 +278,54 @@ describe('ext4 image of a rich tree, read back with debugfs', () => {
     expect(sb).toMatch(/Last write time:\s+Tue Nov 14 22:13:20 2023/)
   })
 
-  it('leaves the staging tree as it found it: blobs back in place, no root or scratch left', async () => {
+  it('leaves the staging tree as it found it: contents in place, no root or scratch left', async () => {
     const staging = tree.tree.staging
-    expect((await fs.readdir(staging)).sort()).toEqual(['blobs'])
-    const shared = tree.tree.entries.get('data/a')
-    const big = tree.tree.entries.get('big')
-    expect(shared && big).toBeTruthy()
-    expect((await fs.stat(path.join(staging, 'blobs', String(big?.ino)))).size).toBe(BIG.length)
-    expect((await fs.stat(path.join(staging, 'blobs', String(shared?.ino)))).nlink).toBe(1)
+    expect((await fs.readdir(staging)).sort()).toEqual(packed ? ['blobs', 'spool'] : ['blobs'])
+    const shared = tree.tree.entries.get('data/a') as Inode
+    const big = tree.tree.entries.get('big') as Inode
+    expect((await readContent(tree.tree, big)).equals(BIG)).toBe(true)
+    expect((await readContent(tree.tree, shared)).toString()).toBe('shared content\n')
+    // A hard-linked blob was linked into the staged root and unlinked from it again.
+    if (!packed) expect((await fs.stat(path.join(staging, 'blobs', String(shared.ino)))).nlink).toBe(1)
+  })
+})
+
+describe('tar input (mke2fs >= 1.47.1)', () => {
+  it('this host has it: the set-up installs e2fsprogs >= 1.47.1 and libarchive', async () => {
+    await expect(mkfsReadsTar(work)).resolves.toBe(true)
+  })
+
+  it('gives the image the staged directory gives, but for the lifetime-writes counter, from blobs or a spool', async () => {
+    const viaDir = path.join(work, 'feed-dir.ext4')
+    await buildExt4((await richTree(path.join(work, 'feed-dir'))).tree, viaDir, { ...OPTS, input: 'dir' })
+    const packed = await richTree(path.join(work, 'feed-packed'))
+    await packed.pack()
+    const viaTar = path.join(work, 'feed-tar.ext4')
+    await buildExt4(packed.tree, viaTar, { ...OPTS, input: 'tar' })
+    const viaPackedDir = path.join(work, 'feed-packed-dir.ext4')
+    await buildExt4(packed.tree, viaPackedDir, { ...OPTS, input: 'dir' })
+    expect(sha256(viaPackedDir)).toBe(sha256(viaDir))
+    expect(withoutWriteCounters(viaTar).equals(withoutWriteCounters(viaDir))).toBe(true)
+  })
+
+  it('a content blob whose size disagrees with the tree is rejected by name, and no image is left', async () => {
+    const t = await TreeBuilder.create(path.join(work, 'bad-blob-tar'))
+    const f = await t.file('f', 'four')
+    f.size = 5
+    const out = path.join(work, 'bad-blob-tar.ext4')
+    await expectBaleError(buildExt4(t.tree, out, { ...OPTS, input: 'tar' }), 'E_INPUT', /^\/f: content blob has 4 bytes, the tree says 5/)
+    await expect(fs.access(out)).rejects.toThrow()
+  })
+
+  it('a spool that ends inside a file fails naming the file (what mke2fs saw is not what is reported)', async () => {
+    const t = await TreeBuilder.create(path.join(work, 'short-spool'))
+    await t.file('a', 'first file\n')
+    const b = await t.file('dir-less-b', 'second file\n')
+    await t.pack()
+    b.size += 100
+    const out = path.join(work, 'short-spool.ext4')
+    await expectBaleError(buildExt4(t.tree, out, { ...OPTS, input: 'tar' }), 'E_INPUT', /^\/dir-less-b: its content ends after 12 of 112 bytes/)
+    await expect(fs.access(out)).rejects.toThrow()
   })
 })
 

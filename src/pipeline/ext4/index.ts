@@ -2,7 +2,8 @@
  * The ext4 stage: FlatTree → rootfs.ext4, without root and reproducibly.
  *
  * 1. plan the size and inode count from the tree (plan.ts);
- * 2. stage `${staging}/root`: directories, content blobs (hard links kept), symlinks (stage.ts);
+ * 2. stage `${staging}/root`: directories, content blobs (hard links kept), symlinks (stage.ts),
+ *    or, where mke2fs reads tars (1.47.1+), the same entries as a tar stream (tar-input.ts);
  * 3. mke2fs -d it into the output with a pinned UUID, hash seed, configuration and time (tools.ts);
  * 4. read the image's directories directly: the inode number of everything mke2fs made,
  *    checked against the tree (names, types, hard links) (image.ts);
@@ -33,12 +34,14 @@ import { BLOCK_SIZE } from './geometry.js'
 import { Ext4Image } from './image.js'
 import { planExt4, type Ext4Plan } from './plan.js'
 import { stageRoot, type StagedRoot } from './stage.js'
+import { treeTar } from './tar-input.js'
 import { MKE2FS_CONF, debugfs, e2fsck, mkfs } from './tools.js'
 import { sha256File } from '../../lib/hash.js'
 import { dataRanges } from '../../lib/sparse.js'
 
 export { debugfsQuote, debugfsScript, MAX_DEBUGFS_LINE_BYTES } from './debugfs.js'
 export { minimumExt4Size, planExt4, type Ext4Plan } from './plan.js'
+export { mkfsReadsTar } from './tools.js'
 
 export interface Ext4Options {
   /** --size override in bytes; otherwise planned from the tree. */
@@ -60,6 +63,12 @@ export interface Ext4Options {
    * Debian image's 6.6k). Without it the tree stays whole and can be built again.
    */
   consumeBlobs?: boolean
+  /**
+   * How mke2fs -d gets the tree: 'dir' stages it as a directory (any e2fsprogs); 'tar' streams
+   * it as a tar on mke2fs's stdin (e2fsprogs >= 1.47.1, see mkfsReadsTar) and creates no file
+   * per image file. The image is the same either way. Default 'dir'.
+   */
+  input?: 'dir' | 'tar'
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
@@ -168,15 +177,16 @@ export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Optio
     } finally {
       await fh.close()
     }
-    staged = stageRoot(tree, rootDir)
     const conf = path.join(scratch, 'mke2fs.conf')
     await fs.writeFile(conf, MKE2FS_CONF, { flag: 'wx', mode: 0o600 })
+    if (opts.input !== 'tar') staged = stageRoot(tree, rootDir)
     await mkfs({
-      rootDir, out, blocks: plan.sizeBytes / BLOCK_SIZE, inodes: plan.inodes,
+      input: opts.input === 'tar' ? { tar: treeTar(tree) } : { dir: rootDir },
+      out, blocks: plan.sizeBytes / BLOCK_SIZE, inodes: plan.inodes,
       uuid: opts.uuid, hashSeed: opts.hashSeed, timestamp: time, label: opts.label,
       conf, log: path.join(scratch, 'mkfs.log'),
     })
-    if (!opts.consumeBlobs) staged.restore()
+    if (!opts.consumeBlobs) staged?.restore()
     staged = undefined
 
     const inodes = patchImage(tree, out, time)

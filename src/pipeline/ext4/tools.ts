@@ -6,7 +6,10 @@
  */
 import { spawn } from 'node:child_process'
 import { createReadStream, promises as fs } from 'node:fs'
+import path from 'node:path'
 import { createInterface } from 'node:readline'
+import { Readable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
 import { BaleError } from '../../lib/errors.js'
 import { toolPath } from '../../lib/exec.js'
 import { BLOCK_SIZE, INODE_SIZE, journalBlocks } from './geometry.js'
@@ -37,16 +40,23 @@ function toolEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {}
   for (const [k, v] of Object.entries(process.env)) if (!E2FS_ENV.test(k)) env[k] = v
   // LC_ALL=C: messages we parse are English, and mke2fs -d sorts names bytewise (alphasort is strcoll).
-  return { ...env, ...extra, PATH: toolPath(process.env.PATH), LC_ALL: 'C' }
+  // (mke2fs reading a tar sets LC_ALL=C.UTF-8 in `extra`: libarchive converts PAX names to the locale.)
+  return { ...env, PATH: toolPath(process.env.PATH), LC_ALL: 'C', ...extra }
 }
 
-/** Run `cmd` with stdout and stderr both appended to `log`; resolves with the exit status. */
-async function runLogged(cmd: string, args: readonly string[], env: NodeJS.ProcessEnv, log: string): Promise<number> {
+/**
+ * Run `cmd` with stdout and stderr both appended to `log`, and `stdin` (if given) piped in;
+ * resolves with the exit status. If feeding stdin fails for a reason of ours (not the tool
+ * closing its end early), that is the error: the tool only saw its input stop.
+ */
+async function runLogged(cmd: string, args: readonly string[], env: NodeJS.ProcessEnv, log: string, stdin?: Readable): Promise<number> {
   const fh = await fs.open(log, 'w', 0o600)
   try {
-    return await new Promise<number>((resolve, reject) => {
-      const child = spawn(cmd, args, { env, stdio: ['ignore', fh.fd, fh.fd] })
+    const child = spawn(cmd, args, { env, stdio: [stdin ? 'pipe' : 'ignore', fh.fd, fh.fd] })
+    const fed = stdin && child.stdin ? pipeline(stdin, child.stdin).then(() => undefined, (e: unknown) => e) : Promise.resolve(undefined)
+    const status = await new Promise<number>((resolve, reject) => {
       child.on('error', (e: NodeJS.ErrnoException) => {
+        stdin?.destroy()
         if (e.code === 'ENOENT') reject(new BaleError('E_TOOL', `${cmd}: not found on PATH (install e2fsprogs: run the README's set-up command)`, { subject: cmd }))
         else reject(new BaleError('E_TOOL', `${cmd}: ${e.message}`, { subject: cmd, cause: e }))
       })
@@ -55,9 +65,17 @@ async function runLogged(cmd: string, args: readonly string[], env: NodeJS.Proce
         else resolve(code ?? 128)
       })
     })
+    const feedError = await fed
+    if (feedError !== undefined && !toolClosedStdin(feedError)) throw feedError
+    return status
   } finally {
     await fh.close()
   }
+}
+
+function toolClosedStdin(e: unknown): boolean {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code
+  return code === 'EPIPE' || code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'ECONNRESET'
 }
 
 /** The log's lines, streamed; the file is closed even when the reader stops early. */
@@ -80,7 +98,8 @@ async function firstLine(log: string, keep: (l: string) => boolean): Promise<str
 }
 
 export interface MkfsArgs {
-  rootDir: string
+  /** What `-d` reads: a staged directory, or a tar stream on stdin (see mkfsReadsTar). */
+  input: { dir: string } | { tar: Readable }
   out: string
   blocks: number
   inodes: number
@@ -113,16 +132,44 @@ export async function mkfs(a: MkfsArgs): Promise<void> {
     '-U', a.uuid,
     ...(a.label !== undefined ? ['-L', a.label] : []),
     '-E', ext.join(','),
-    '-d', a.rootDir,
+    '-d', 'dir' in a.input ? a.input.dir : '-',
     a.out,
     String(a.blocks),
   ]
-  const env = toolEnv({ MKE2FS_CONFIG: a.conf, E2FSPROGS_FAKE_TIME: String(a.timestamp) })
-  const code = await runLogged('mkfs.ext4', args, env, a.log)
+  const tar = 'tar' in a.input ? a.input.tar : undefined
+  const env = toolEnv({ MKE2FS_CONFIG: a.conf, E2FSPROGS_FAKE_TIME: String(a.timestamp), ...(tar ? { LC_ALL: 'C.UTF-8' } : {}) })
+  const code = await runLogged('mkfs.ext4', args, env, a.log, tar)
   if (code !== 0) {
     const why = (await firstLine(a.log, () => true)) ?? `exit status ${code}`
     throw new BaleError('E_TOOL', `mkfs.ext4 failed on ${a.out}: ${why}`, { subject: a.out })
   }
+}
+
+let readsTar: Promise<boolean> | undefined
+
+/**
+ * Whether this host's mke2fs can be fed a tar on stdin (`-d -`: e2fsprogs 1.47.1 and later,
+ * with libarchive, which it loads at run time): asked once per process by making a tiny
+ * filesystem from an empty tar in `scratch` (a directory of ours), which fails on 1.47.0 ("-" is
+ * no directory) and where libarchive is missing. About 10 ms.
+ */
+export function mkfsReadsTar(scratch: string): Promise<boolean> {
+  readsTar ??= (async () => {
+    const dir = await fs.mkdtemp(path.join(scratch, 'mkfs-probe-'))
+    try {
+      const img = path.join(dir, 'probe.img')
+      const args = ['-q', '-F', '-t', 'ext2', '-b', '1024', '-N', '16', '-d', '-', img, '128']
+      // An empty archive: two zero blocks.
+      const code = await runLogged('mkfs.ext4', args, toolEnv({ LC_ALL: 'C.UTF-8' }), path.join(dir, 'log'), Readable.from([Buffer.alloc(1024)]))
+      return code === 0
+    } catch (e) {
+      if (e instanceof BaleError) throw e
+      return false
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true })
+    }
+  })()
+  return readsTar
 }
 
 export interface DebugfsArgs {
