@@ -239,7 +239,7 @@ describe('patchInodes', () => {
     }
   })
 
-  it('keeps the nanoseconds of each *_extra time field and replaces its epoch bits, as debugfs sif does', async () => {
+  it('keeps the nanoseconds of each *_extra time field and replaces its epoch bits, as debugfs 1.47.0 sif does', async () => {
     const { tree, image } = await smallTree('nsec')
     const ino = readInodes(image, tree).get('d/a b') ?? 0
     const inode = tree.tree.entries.get('d/a b')
@@ -261,9 +261,21 @@ describe('patchInodes', () => {
     const a = Ext4Image.open(image, false)
     const b = Ext4Image.open(viaDebugfs, false)
     try {
-      expect(a.readInode(ino).toString('hex')).toBe(b.readInode(ino).toString('hex'))
-      expect(a.readInode(ino).readUInt32LE(0x88)).toBe(0xfffffffd)
-      expect(a.checksumMatches(ino, a.readInode(ino))).toBe(true)
+      const ours = a.readInode(ino)
+      // The *_extra words: nanoseconds kept, epoch bits replaced, as debugfs 1.47.0's sif does.
+      // (1.47.1 and later clear the nanoseconds on `sif … @T`; mke2fs writes none, so on real
+      // images the two agree, which the ext4-patch-oracle integration tests check whole.)
+      expect(ours.readUInt32LE(0x84)).toBe(0xfffffffe) // ctime: epoch 2
+      expect(ours.readUInt32LE(0x88)).toBe(0xfffffffd) // mtime: epoch 1
+      expect(ours.readUInt32LE(0x8c)).toBe(0xfffffffd) // atime = mtime
+      // Everything else as debugfs writes it; the checksum (0x7c, 0x82) covers our own words.
+      const rest = (inodeBytes: Buffer): string => {
+        const c = Buffer.from(inodeBytes)
+        for (const [from, to] of [[0x7c, 0x7e], [0x82, 0x84], [0x84, 0x90]] as const) c.fill(0, from, to)
+        return c.toString('hex')
+      }
+      expect(rest(ours)).toBe(rest(b.readInode(ino)))
+      expect(a.checksumMatches(ino, ours)).toBe(true)
     } finally {
       a.close()
       b.close()
