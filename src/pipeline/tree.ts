@@ -11,7 +11,8 @@
  * `<staging>/blobs/<ino>`, or, in a packed tree, a slice of a spool file per layer (no file is
  * created per image file; see `Inode.content`).
  */
-import { constants, promises as fs } from 'node:fs'
+import { constants, promises as fs, readSync } from 'node:fs'
+import { BaleError } from '../lib/errors.js'
 
 export type NodeKind = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo'
 
@@ -65,6 +66,20 @@ export function blobPath(tree: FlatTree, inode: Inode): string {
 /** Where a regular file's content is, whichever way it was stored. */
 export function contentOf(tree: FlatTree, inode: Inode): ContentSlice {
   return inode.content ?? { path: blobPath(tree, inode), offset: 0 }
+}
+
+/**
+ * `size` bytes at `offset` of the open file `fd`, `chunkBytes` at a time, each in a fresh buffer
+ * (a consumer may keep it); a file that ends first is E_INPUT naming `where`, the image path.
+ */
+export function* contentChunks(fd: number, offset: number, size: number, where: string, chunkBytes: number): Generator<Buffer> {
+  for (let done = 0; done < size; ) {
+    const buf = Buffer.allocUnsafe(Math.min(chunkBytes, size - done))
+    const n = readSync(fd, buf, 0, buf.length, offset + done)
+    if (n === 0) throw new BaleError('E_INPUT', `${where}: its content ends after ${done} of ${size} bytes`, { subject: where })
+    done += n
+    yield n === buf.length ? buf : buf.subarray(0, n)
+  }
 }
 
 /** A regular file's whole content, for the few small files a stage looks into (os-release). */

@@ -17,9 +17,9 @@
  *   debugfs `ln` adds the others);
  * - devices and fifos: not at all (no mknod without root); debugfs makes them.
  */
-import { chmodSync, closeSync, constants, lstatSync, linkSync, mkdirSync, openSync, readSync, renameSync, rmSync, symlinkSync, writeSync } from 'node:fs'
+import { chmodSync, closeSync, constants, lstatSync, linkSync, mkdirSync, openSync, renameSync, rmSync, symlinkSync, writeSync } from 'node:fs'
 import { BaleError, fromSystemError } from '../../lib/errors.js'
-import { blobPath, type ContentSlice, linkCounts, type FlatTree, type Inode } from '../tree.js'
+import { blobPath, contentChunks, type ContentSlice, linkCounts, type FlatTree, type Inode } from '../tree.js'
 import { sortedPaths } from './debugfs.js'
 
 /** Blobs must be readable by their owner for mke2fs; 0644 is what a plain file gets (its image mode is set later). */
@@ -47,17 +47,13 @@ function stageError(e: unknown, where: string): BaleError {
 }
 
 /** Copy a spooled file's slice into its own blob (a packed tree staged as a directory). */
-function unspool(tree: FlatTree, inode: Inode, slice: ContentSlice, blob: string): void {
+function unspool(inode: Inode, slice: ContentSlice, blob: string, where: string): void {
   const src = openSync(slice.path, constants.O_RDONLY | constants.O_NOFOLLOW)
   try {
     const dst = openSync(blob, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, STAGED_FILE_MODE)
     try {
-      const buf = Buffer.allocUnsafe(Math.min(inode.size, COPY_BYTES))
-      for (let done = 0; done < inode.size; ) {
-        const n = readSync(src, buf, 0, Math.min(buf.length, inode.size - done), slice.offset + done)
-        if (n === 0) throw new BaleError('E_INPUT', `${slice.path}: ends before the ${inode.size} bytes at ${slice.offset}`, { subject: slice.path })
-        for (let off = 0; off < n; ) off += writeSync(dst, buf, off, n - off)
-        done += n
+      for (const chunk of contentChunks(src, slice.offset, inode.size, where, COPY_BYTES)) {
+        for (let off = 0; off < chunk.length; ) off += writeSync(dst, chunk, off, chunk.length - off)
       }
     } finally {
       closeSync(dst)
@@ -67,11 +63,22 @@ function unspool(tree: FlatTree, inode: Inode, slice: ContentSlice, blob: string
   }
 }
 
+/**
+ * Check that `blob` is a regular file of exactly the inode's size, and make it readable by its
+ * owner (an image's mode 0000 file) so mke2fs can read it either way it is fed.
+ */
+export function checkBlob(blob: string, inode: Inode, where: string): void {
+  const st = lstatSync(blob)
+  if (!st.isFile()) throw new BaleError('E_INPUT', `${where}: content blob ${blob} is not a regular file`, { subject: where })
+  if (st.size !== inode.size) throw new BaleError('E_INPUT', `${where}: content blob has ${st.size} bytes, the tree says ${inode.size}`, { subject: where })
+  if ((st.mode & 0o400) === 0) chmodSync(blob, STAGED_FILE_MODE)
+}
+
 /** The blob of a regular file, checked and made readable; created empty when flatten wrote none for an empty file. */
 function ensureBlob(tree: FlatTree, inode: Inode, where: string): string {
   const blob = blobPath(tree, inode)
   if (inode.content !== undefined) {
-    unspool(tree, inode, inode.content, blob)
+    unspool(inode, inode.content, blob, where)
   } else if (inode.size === 0) {
     // O_EXCL|O_NOFOLLOW: create if absent, never through a link; an existing blob is kept.
     try {
@@ -80,10 +87,7 @@ function ensureBlob(tree: FlatTree, inode: Inode, where: string): string {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
     }
   }
-  const st = lstatSync(blob)
-  if (!st.isFile()) throw new BaleError('E_INPUT', `${where}: content blob ${blob} is not a regular file`, { subject: where })
-  if (st.size !== inode.size) throw new BaleError('E_INPUT', `${where}: content blob has ${st.size} bytes, the tree says ${inode.size}`, { subject: where })
-  if ((st.mode & 0o400) === 0) chmodSync(blob, STAGED_FILE_MODE)
+  checkBlob(blob, inode, where)
   return blob
 }
 

@@ -17,12 +17,12 @@
  * Names are UTF-8 (tree.ts); long ones go in PAX records, which libarchive converts from UTF-8 to
  * the locale's charset, so mke2fs runs under C.UTF-8 for this (tools.ts).
  */
-import { chmodSync, closeSync, constants, fstatSync, lstatSync, openSync, readSync } from 'node:fs'
+import { closeSync, constants, openSync } from 'node:fs'
 import { Readable } from 'node:stream'
 import * as tarStream from 'tar-stream'
-import { BaleError } from '../../lib/errors.js'
-import { contentOf, type FlatTree, type Inode } from '../tree.js'
+import { contentChunks, contentOf, type FlatTree, type Inode } from '../tree.js'
 import { madeByMkfs } from './debugfs.js'
+import { checkBlob } from './stage.js'
 
 /** Bytes per read of a file's content. */
 const READ_BYTES = 256 << 10
@@ -92,23 +92,20 @@ async function fileEntry(pack: tarStream.Pack, tree: FlatTree, inode: Inode, p: 
   const { path, offset } = contentOf(tree, inode)
   let fd = fds.get(path)
   if (fd === undefined) {
-    // A blob its owner cannot read (an image's mode 0000 file) is made readable, as stage.ts does.
-    if (inode.content === undefined && (lstatSync(path).mode & 0o400) === 0) chmodSync(path, 0o600)
+    // A blob is checked (and made readable) as for a staged directory; a slice is checked by its reads.
+    if (inode.content === undefined) checkBlob(path, inode, where)
     fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW)
     // A packed tree reads from a few spools over and over; a blob is read once.
     if (inode.content !== undefined) fds.set(path, fd)
   }
   try {
-    // A blob must be exactly the file, as stage.ts checks; a spool slice is checked by its reads.
-    const blobSize = inode.content === undefined ? fstatSync(fd).size : inode.size
-    if (blobSize !== inode.size) throw new BaleError('E_INPUT', `${where}: content blob has ${blobSize} bytes, the tree says ${inode.size}`, { subject: where })
     const fileFd = fd
     await new Promise<void>((resolve, reject) => {
       const sink = pack.entry(header, (err) => (err ? reject(err) : resolve()))
       // Its failures reach the callback above and the tar stream; tearing the stream down also
       // destroys the entry with the error, which must not be an unheard 'error' event.
       sink.on('error', () => undefined)
-      feed(sink, slices(fileFd, offset, inode.size, where)).then(
+      feed(sink, contentChunks(fileFd, offset, inode.size, where, READ_BYTES)).then(
         () => sink.end(undefined),
         // The caller tears the whole tar stream down (treeTar).
         reject,
@@ -137,16 +134,5 @@ async function feed(sink: Sink, chunks: Iterable<Buffer>): Promise<void> {
       sink.on('drain', onDrain)
       sink.on('close', onClose)
     })
-  }
-}
-
-/** `size` bytes at `offset` of `fd`, a buffer at a time (each fresh: the tar stream keeps it until read). */
-function* slices(fd: number, offset: number, size: number, where: string): Generator<Buffer> {
-  for (let done = 0; done < size; ) {
-    const buf = Buffer.allocUnsafe(Math.min(READ_BYTES, size - done))
-    const n = readSync(fd, buf, 0, buf.length, offset + done)
-    if (n === 0) throw new BaleError('E_INPUT', `${where}: its content ends after ${done} of ${size} bytes`, { subject: where })
-    done += n
-    yield n === buf.length ? buf : buf.subarray(0, n)
   }
 }
