@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   e2fsprogs            # mkfs.ext4 -d, debugfs, e2fsck: the ext4 stage
   libarchive13         # loaded by mkfs.ext4 (>= 1.47.1) to read a tar on stdin
+  libeatmydata1        # preloaded into mkfs.ext4/debugfs: no fsync of the intermediate image
   qemu-system-x86      # the microVM runtime (-M microvm)
   qemu-utils           # qemu-img: per-VM qcow2 overlays
   musl-tools           # musl-gcc: the static guest init/agent

@@ -1,6 +1,6 @@
-// mkfsReadsTar against fake mke2fs binaries (the real one, >= 1.47.1, is checked in the
+// mkfsReadsTar and the fsync-free preload against fake mke2fs binaries (the real one, >= 1.47.1, is checked in the
 // integration tests): the answer follows what the tool does with `-d -`, not its version text.
-import { chmod, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
@@ -47,5 +47,39 @@ describe('mkfsReadsTar', () => {
   it('leaves nothing behind in the scratch directory', async () => {
     await withFakeMkfs('cat >/dev/null; exit 0')
     expect((await readdir(dir)).sort()).toEqual(['bin'])
+  })
+})
+
+describe('noFsyncPreload and withPreload (libeatmydata for the intermediate image)', () => {
+  it('finds libeatmydata.so.1 in the first library directory that has it, and nothing where none has', async () => {
+    const { noFsyncPreload } = await import('../../../src/pipeline/ext4/tools.js')
+    const a = path.join(dir, 'a')
+    const b = path.join(dir, 'b')
+    await mkdir(a)
+    await mkdir(b)
+    expect(noFsyncPreload([a, b])).toBeUndefined()
+    await writeFile(path.join(b, 'libeatmydata.so.1'), '')
+    expect(noFsyncPreload([a, b])).toBe(path.join(b, 'libeatmydata.so.1'))
+  })
+
+  it('adds the library after what the environment already preloads, and changes nothing without one', async () => {
+    const { withPreload } = await import('../../../src/pipeline/ext4/tools.js')
+    expect(withPreload({ A: '1' }, undefined)).toEqual({ A: '1' })
+    expect(withPreload({ A: '1' }, '/l/x.so')).toEqual({ A: '1', LD_PRELOAD: '/l/x.so' })
+    expect(withPreload({ LD_PRELOAD: ' /l/mine.so ' }, '/l/x.so')).toEqual({ LD_PRELOAD: '/l/mine.so /l/x.so' })
+  })
+
+  it('mkfs runs mke2fs with it preloaded when the host has it (the set-up installs libeatmydata1)', async () => {
+    const bin = path.join(dir, 'bin')
+    await mkdir(bin)
+    const seen = path.join(dir, 'seen')
+    await writeFile(path.join(bin, 'mkfs.ext4'), `#!/bin/sh\nprintf '%s' "$LD_PRELOAD" > '${seen}'\n`)
+    await chmod(path.join(bin, 'mkfs.ext4'), 0o755)
+    process.env.PATH = `${bin}:${savedPath ?? ''}`
+    const { mkfs, noFsyncPreload } = await import('../../../src/pipeline/ext4/tools.js')
+    const lib = noFsyncPreload()
+    await mkfs({ input: { dir }, out: path.join(dir, 'img'), blocks: 1024, inodes: 64, uuid: '11111111-2222-4333-8444-555555555555', hashSeed: '11111111-2222-4333-8444-555555555555', timestamp: 1, conf: path.join(dir, 'conf'), log: path.join(dir, 'log') })
+    expect(await readFile(seen, 'utf8')).toBe(lib ?? '')
+    if (process.env.CI) expect(lib).toMatch(/\/libeatmydata\.so\.1$/)
   })
 })

@@ -3,7 +3,7 @@ import os from 'node:os'
 import path from 'node:path'
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { type DataRange, inHole, parseFilefrag, readSparse } from '../../../src/lib/sparse.js'
+import { type DataRange, inHole, mapIncludesUnwritten, parseFilefrag, readSparse } from '../../../src/lib/sparse.js'
 
 /** `filefrag -s -e` of a 1 GiB image made by mkfs.ext4 -d (e2fsprogs 1.47.0), trimmed to a few extents. */
 const IMAGE = `Filesystem type is: ef53
@@ -59,6 +59,23 @@ t2: 1 extent found
     ['FIEMAP unsupported', 'Filesystem type is: 1021994\nFile size of t is 10485760 (2560 blocks of 4096 bytes)\nt: FIBMAP/FIEMAP unsupported\n', 10485760],
   ])('refuses output it does not understand: %s', (_what, text, size) => {
     expect(parseFilefrag(text, size)).toBeUndefined()
+  })
+})
+
+describe('mapIncludesUnwritten', () => {
+  it.each([
+    ['ext4', 'ef53', true],
+    ['XFS', '58465342', true],
+    ['btrfs', '9123683e', true],
+    ['overlayfs', '794c7630', false],
+    ['NFS', '6969', false],
+    ['tmpfs', '1021994', false],
+  ])('%s (%s): %s', (_fs, magic, trusted) => {
+    expect(mapIncludesUnwritten(`Filesystem type is: ${magic}\nFile size of f is 4096 (1 block of 4096 bytes)\n`)).toBe(trusted)
+  })
+
+  it('no type line: not trusted (the map is then taken after a sync)', () => {
+    expect(mapIncludesUnwritten('File size of f is 4096 (1 block of 4096 bytes)\n')).toBe(false)
   })
 })
 
