@@ -5,7 +5,7 @@ import path from 'node:path'
 import { registerCleanup } from '../lib/cleanup.js'
 import { isBaleError } from '../lib/errors.js'
 import type { BundleManifest } from './bundle/manifest.js'
-import { writeBundle } from './bundle/writer.js'
+import { type BundleManifestDraft, writeBundle } from './bundle/writer.js'
 import { buildExt4, mkfsReadsTar } from './ext4/index.js'
 import { applyReadLayer, createTree, type ReadLayer, readLayer } from './flatten/index.js'
 import { injectGuest } from './inject/index.js'
@@ -130,7 +130,7 @@ export async function makeBundle(opts: MakeBundleOptions, onEvent: (e: MakeBundl
     })
     onEvent({ stage: 'ext4', sizeBytes: plan.sizeBytes, inodes: plan.inodes })
 
-    const manifest: BundleManifest = {
+    const manifest: BundleManifestDraft = {
       schema_version: 1,
       name: opts.name ?? defaultName(image.ref),
       version: opts.version ?? defaultVersion(image.ref),
@@ -154,13 +154,13 @@ export async function makeBundle(opts: MakeBundleOptions, onEvent: (e: MakeBundl
         workdir: image.config.workingDir ?? '',
         exposed_ports: image.config.exposedPorts ?? [],
       },
-      rootfs: { file: 'rootfs.ext4', size: plan.sizeBytes, sha256: plan.sha256 },
+      // sha256: taken by the writer as it compresses the image.
+      rootfs: { file: 'rootfs.ext4', size: plan.sizeBytes },
       agent: { version: opts.agentVersion, sha256: injected.initSha256 },
     }
 
     onEvent({ stage: 'bundle' })
-    const written = await writeBundle({ manifest, rootfsPath: rootfsTmp, out: opts.out, level: opts.level })
-    return { ...written, manifest }
+    return await writeBundle({ manifest, rootfsPath: rootfsTmp, out: opts.out, level: opts.level })
   } finally {
     await opts.source.close().catch(() => undefined)
     await fs.rm(staging, { recursive: true, force: true })

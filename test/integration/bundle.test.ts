@@ -11,7 +11,7 @@ import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type BundleManifest, serializeManifest } from '../../src/pipeline/bundle/manifest.js'
 import { verifyBundle } from '../../src/pipeline/bundle/reader.js'
-import { writeBundle, type WriteBundleResult } from '../../src/pipeline/bundle/writer.js'
+import { writeBundle, type WriteBundleResult, zstdCompressBound } from '../../src/pipeline/bundle/writer.js'
 import { bale, ensureBuilt } from '../helpers/cli.js'
 import { buildTar } from '../helpers/tar.js'
 import { dataRanges } from '../../src/lib/sparse.js'
@@ -114,6 +114,45 @@ describe('bundle from a real ext4 image', () => {
     } finally {
       await fs.rm(dir, { recursive: true, force: true })
     }
+  })
+
+  it('fills in rootfs.sha256 when the manifest leaves it out, hashing every byte, holes included', async () => {
+    const { sha256: _given, ...rootfs } = manifest.rootfs
+    const out = path.join(work, 'filled.tar.zst')
+    const filled = await writeBundle({ manifest: { ...manifest, rootfs }, rootfsPath: image, out, level: 3 })
+    expect(filled.manifest.rootfs.sha256).toBe(sha256(imageBytes))
+    // The same bytes as a bundle written from a manifest that gave the digest.
+    expect(filled.sha256).toBe(written.sha256)
+    expect(written.manifest).toEqual(manifest)
+  })
+
+  it('refuses a manifest whose rootfs.sha256 the image does not hash to (E_DIGEST), leaving no file', async () => {
+    const out = path.join(work, 'wrong-digest.tar.zst')
+    const wrong = { ...manifest, rootfs: { ...manifest.rootfs, sha256: 'f'.repeat(64) } }
+    await expect(writeBundle({ manifest: wrong, rootfsPath: image, out, level: 3 })).rejects.toMatchObject({
+      code: 'E_DIGEST',
+      message: `${image}: sha256 ${sha256(imageBytes)}, but the manifest says rootfs.sha256 ${'f'.repeat(64)}`,
+    })
+    expect((await fs.readdir(work)).filter((f) => f.startsWith('wrong-digest'))).toEqual([])
+  })
+
+  it('starts with the tar head as its own frame, padded to its reserved room by a skippable frame', async () => {
+    const file = await fs.readFile(bundle)
+    const head = serializeManifest(manifest)
+    const headLength = 512 + Math.ceil(head.length / 512) * 512 + 512
+    const room = zstdCompressBound(headLength) + 8
+    // The zstd CLI decompresses just the head frame (it stops at the skippable frame's end).
+    const skippableAt = file.indexOf(Buffer.from([0x50, 0x2a, 0x4d, 0x18]))
+    expect(skippableAt).toBeGreaterThan(0)
+    expect(skippableAt + 8 + file.readUInt32LE(skippableAt + 4)).toBe(room)
+    const headTar = execFileSync('zstd', ['-dc'], { input: file.subarray(0, room) })
+    expect(headTar.length).toBe(headLength)
+    expect(headTar.subarray(512, 512 + head.length).equals(head)).toBe(true)
+    // The rest is the rootfs's frames: the whole file, through zstd and tar, gives the image back.
+    const dir = await fs.mkdtemp(path.join(work, 'cli-'))
+    execFileSync('sh', ['-c', `zstd -dc '${bundle}' | tar -x -C '${dir}'`])
+    expect((await fs.readFile(path.join(dir, 'rootfs.ext4'))).equals(imageBytes)).toBe(true)
+    expect((await fs.readFile(path.join(dir, 'manifest.json'))).equals(head)).toBe(true)
   })
 
   it('bale bundle verify: every check passes, e2fsck included, and no temporary is left', async () => {

@@ -13,6 +13,7 @@
  * 6. only if the tree has any: one debugfs script makes devices, fifos and the hard links
  *    mke2fs cannot, and sets xattrs; its output is read for failures (debugfs.ts);
  * 7. e2fsck -fn must find nothing: the final check of all of the above.
+ * (The image's SHA-256 is not taken here: the bundle writer hashes it as it compresses it.)
  *
  * The same tree and options give a bit-identical image: nothing in it comes from the host's
  * clock, staging inode times, owner, xattrs, mke2fs.conf or directory order.
@@ -36,8 +37,6 @@ import { planExt4, type Ext4Plan } from './plan.js'
 import { stageRoot, type StagedRoot } from './stage.js'
 import { treeTar } from './tar-input.js'
 import { MKE2FS_CONF, debugfs, e2fsck, mkfs } from './tools.js'
-import { sha256File } from '../../lib/hash.js'
-import { dataRanges } from '../../lib/sparse.js'
 
 export { debugfsQuote, debugfsScript, MAX_DEBUGFS_LINE_BYTES } from './debugfs.js'
 export { minimumExt4Size, planExt4, type Ext4Plan } from './plan.js'
@@ -136,18 +135,13 @@ async function writeScript(file: string, lines: Iterable<ScriptLine>): Promise<v
   }
 }
 
-/** What buildExt4 made: the plan it followed and the finished image's SHA-256 (hex). */
-export interface Ext4Result extends Ext4Plan {
-  sha256: string
-}
-
 /**
  * Build the ext4 image of `tree` at `outPath` (a temporary path the caller renames into place;
  * it is created or truncated, never followed if it is a symlink, and removed on failure).
  * Scratch files live in `${staging}/root` and `${staging}/ext4`, both removed before returning
  * (the root is left for the caller with `consumeBlobs`).
  */
-export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Options): Promise<Ext4Result> {
+export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Options): Promise<Ext4Plan> {
   checkOptions(opts)
   const time = fsTimestamp(opts.timestamp)
   const plan = planExt4(tree, opts.sizeBytes)
@@ -200,14 +194,9 @@ export async function buildExt4(tree: FlatTree, outPath: string, opts: Ext4Optio
       await checkDebugfsOutput(run.output, debugfsLines(tree, scriptOpts), run.code)
     }
 
-    // The image is final: hash it while e2fsck reads it (a child process on the other core),
-    // rather than in a second pass afterwards: the manifest needs the digest before compression.
-    // Only its data is read; its unused blocks are holes, hashed as zeros (lib/sparse.ts).
-    const [, sha256] = await Promise.all([
-      e2fsck(out, path.join(scratch, 'e2fsck.log')),
-      dataRanges(out, plan.sizeBytes).then((ranges) => sha256File(out, ranges)),
-    ])
-    return { ...plan, sha256 }
+    // The image is final. (Its SHA-256 is taken as the bundle writer compresses it.)
+    await e2fsck(out, path.join(scratch, 'e2fsck.log'))
+    return plan
   } catch (e) {
     if (created) await removeQuietly(out)
     throw e instanceof BaleError ? e : (fromSystemError(e, staging) ?? e)

@@ -41,4 +41,21 @@ describe('fixedChunks', () => {
     expect(out[0]).not.toBe(b)
     expect(Buffer.concat(out).equals(Buffer.concat([a, b]))).toBe(true)
   })
+
+  it('with a first size: that many bytes first, then whole buffers, aligned ones passed on as they are', async () => {
+    const head = [randomBytes(512), randomBytes(300), randomBytes(212), randomBytes(512)]
+    const whole = randomBytes(1024)
+    const out: Buffer[] = []
+    const allocs: number[] = []
+    const alloc = (): Buffer => {
+      allocs.push(1024)
+      return Buffer.allocUnsafe(1024)
+    }
+    for await (const c of fixedChunks(from([...head, whole, randomBytes(1500)]), 1024, alloc, 1536)) out.push(c)
+    expect(out.map((b) => b.length)).toEqual([1536, 1024, 1024, 476])
+    expect(out[0]?.equals(Buffer.concat(head))).toBe(true)
+    expect(out[1]).toBe(whole)
+    // The first buffer is its own; alloc() serves the later ones only (the 1500 bytes after whole).
+    expect(allocs).toHaveLength(2)
+  })
 })
