@@ -41,22 +41,23 @@ const BZIP2_MAGIC = Buffer.from('BZh')
 export const MAGIC_PEEK = 6
 
 /**
- * Input is fed to the decompressors in slices so that one slice can only ever expand to a
- * bounded amount of output before backpressure applies (both zlib and fzstd process a whole
- * input chunk at once, whatever the consumer's pace). Deflate expands at most ~1032:1, so a
- * 32 KiB slice yields ≤ 33 MiB; zstd's smallest block (an RLE block: 3-byte header + 1 byte)
- * can expand to 128 KiB, so a 1 KiB slice yields ≤ 32 MiB. Larger gzip slices than zstd ones
- * because every zlib write is a round trip to the libuv pool, while fzstd runs inline.
+ * Input is fed to the decompressors in slices. fzstd processes a whole input chunk at once,
+ * whatever the consumer's pace: zstd's smallest block (an RLE block: 3-byte header + 1 byte) can
+ * expand to 128 KiB, so a 1 KiB slice yields ≤ 32 MiB. Node's zlib instead stops in the middle
+ * of an input chunk when its reader's buffer is full (lib/zlib.js, processCallback; a unit test
+ * holds it to that with a 256 MiB gzip bomb), so a gzip slice bounds no burst: its size only
+ * sets how many round trips to the libuv pool a layer costs, each one a callback and a buffer on
+ * the main thread, which is what layers wait on.
  */
-const GZIP_FEED_SLICE = 32 * 1024
+const GZIP_FEED_SLICE = 128 * 1024
 const ZSTD_FEED_SLICE = 1024
 /**
- * gunzip's output chunk (zlib's default is 16 KiB). Each output chunk is another round trip to
- * the pool and another callback and buffer on the main thread: on the Debian image's 122 MB
- * layer, 16 KiB slices and chunks took 0.8-1.1 s of CPU in ~10k chunks, 32 KiB slices and
- * 128 KiB chunks 0.62-0.65 s in ~2k. Bigger slices would save more, at a larger worst-case burst.
+ * gunzip's output chunk (zlib's default is 16 KiB). On the Debian image's 122 MB layer, 16 KiB
+ * slices and chunks took 0.8-1.1 s of CPU in ~10k chunks, 32 KiB slices and 128 KiB chunks
+ * 0.62-0.65 s in ~2k; 128 KiB slices and 512 KiB chunks brought both layers from ~1.09 s to
+ * ~0.93 s (A/B, 5 runs each, medians). What waits for a slow reader is a chunk or two.
  */
-const GUNZIP_CHUNK = 128 * 1024
+const GUNZIP_CHUNK = 512 * 1024
 
 const SUPPORTED_DIGEST = /^(sha256|sha512):[0-9a-f]+$/
 

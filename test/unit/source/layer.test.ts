@@ -250,6 +250,26 @@ describe('zstd-bomb-backpressure', () => {
   })
 })
 
+describe('gzip-bomb-backpressure', () => {
+  it('does not inflate ahead of a consumer that is not reading, even within one fed slice', async () => {
+    // 256 MiB of zeros gzip to ~256 KiB, i.e. one or two feed slices: Node's zlib stops
+    // mid-slice when its reader's buffer is full, so what waits is a chunk or two, not the slice's
+    // worth (up to 1032x its size).
+    const zeros = Buffer.alloc(256 * 1024 * 1024)
+    const bomb = gzipSync(zeros, { level: 9 })
+    const { tar: out } = await openLayerTar(blobOf(bomb, { compression: 'gzip', digest: sha(bomb), size: bomb.length, diffId: sha(zeros) }), 'bomb')
+    let produced = 0
+    out.on('data', (c: Buffer) => {
+      produced += c.length
+      out.pause()
+    })
+    await new Promise((r) => setTimeout(r, 300))
+    expect(produced).toBeGreaterThan(0)
+    expect(produced + out.readableLength).toBeLessThan(8 * 1024 * 1024)
+    out.destroy()
+  })
+})
+
 describe('peek', () => {
   it('returns the head and leaves the stream whole', async () => {
     const s = Readable.from([Buffer.from('ab'), Buffer.from('cdef'), Buffer.from('gh')])
