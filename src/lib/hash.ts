@@ -29,16 +29,16 @@ export async function sha256File(p: string, ranges?: readonly DataRange[]): Prom
 }
 
 /**
- * The worker of sha256OnThread: plain JavaScript evaluated from a string (the same code under
+ * The worker of hashOnThread: plain JavaScript evaluated from a string (the same code under
  * tsc, vitest and the esbuild bundle; see flatten/blob-writer.ts). Reads the data ranges with
  * synchronous 4 MiB reads and hashes the holes as zeros, exactly as sha256File does.
  */
-const SHA256_WORKER = `
+const HASH_WORKER = `
 const { parentPort, workerData } = require('node:worker_threads')
 const { createHash } = require('node:crypto')
 const fs = require('node:fs')
-const { file, size, ranges, chunk } = workerData
-const hash = createHash('sha256')
+const { file, size, ranges, chunk, algorithm } = workerData
+const hash = createHash(algorithm)
 const buf = Buffer.allocUnsafe(chunk)
 const zeros = Buffer.alloc(chunk)
 function zero(n) { for (; n > 0; n -= chunk) hash.update(n >= chunk ? zeros : zeros.subarray(0, n)) }
@@ -69,13 +69,15 @@ export interface ThreadHash {
 }
 
 /**
- * sha256File on a worker thread, for the first `size` bytes of a large file that the main
- * thread is busy with meanwhile (the bundle writer compresses an image while this hashes it:
- * the hash is sequential, ~0.7 s of CPU for a 1 GiB image, and would otherwise pace the
- * compression behind it). A file shorter than `size` is an error naming it.
+ * sha256File (or another of node:crypto's algorithms) on a worker thread, over the first `size`
+ * bytes of a large file, for when the main thread is busy meanwhile: the bundle writer
+ * compresses an image while this hashes it (the hash is sequential, ~0.7 s of CPU for a 1 GiB
+ * image, and would otherwise pace the compression behind it), and takes the bundle's sha256
+ * and sha512 side by side. A file shorter than `size` is an error naming it. Hex digest.
  */
-export function sha256OnThread(p: string, size: number, ranges?: readonly DataRange[]): ThreadHash {
-  const worker = new Worker(SHA256_WORKER, { eval: true, workerData: { file: p, size, ranges, chunk: READ_SIZE } })
+export function hashOnThread(p: string, size: number, opts: { algorithm?: 'sha256' | 'sha512'; ranges?: readonly DataRange[] } = {}): ThreadHash {
+  const workerData = { file: p, size, ranges: opts.ranges, chunk: READ_SIZE, algorithm: opts.algorithm ?? 'sha256' }
+  const worker = new Worker(HASH_WORKER, { eval: true, workerData })
   const digest = new Promise<string>((resolve, reject) => {
     worker.once('message', (hex: string) => resolve(hex))
     worker.once('error', reject)

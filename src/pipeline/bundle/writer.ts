@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -7,7 +6,7 @@ import * as tarStream from 'tar-stream'
 import { commitTemp, removeQuietly, tempPathFor } from '../../lib/atomic.js'
 import { registerCleanup } from '../../lib/cleanup.js'
 import { BaleError, fromSystemError, isBaleError } from '../../lib/errors.js'
-import { sha256OnThread, type ThreadHash } from '../../lib/hash.js'
+import { hashOnThread, type ThreadHash } from '../../lib/hash.js'
 import { type DataRange, dataRanges, inHole, readSparse } from '../../lib/sparse.js'
 import { type BundleManifest, MANIFEST_FILE, parseManifest, ROOTFS_FILE, serializeManifest } from './manifest.js'
 import { compressFrame } from './zstd-native.js'
@@ -157,13 +156,13 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
   const alloc = (): Buffer => spare.pop() ?? Buffer.allocUnsafe(FRAME_SIZE)
   try {
     rootfs = await fs.open(opts.rootfsPath, 'r')
-    fh = await fs.open(tmp, 'wx+', 0o644) // read back for its digests
+    fh = await fs.open(tmp, 'wx', 0o644)
     const out = fh
     // The head's room, written over at the end.
     await out.write(Buffer.alloc(reserved))
     // An image's unused blocks are holes: zero-filled here rather than read (lib/sparse.ts).
     const ranges = await dataRanges(opts.rootfsPath, st.size)
-    hashing = sha256OnThread(opts.rootfsPath, st.size, ranges)
+    hashing = hashOnThread(opts.rootfsPath, st.size, { ranges })
     const rootfsReads = readFrames(rootfs, st.size, alloc, ranges)
     const feeding = feedTar(pack, manifestBytes, rootfsReads, opts.rootfsPath, st.size, mtime)
     // If feeding fails, the pack stream fails too, and the loop below throws that error.
@@ -215,9 +214,11 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
     skippable.writeUInt32LE(room, 4)
     const start = Buffer.concat([headFrame, skippable])
     await out.write(start, 0, start.length, 0)
-    // The file's own digests, now that its first bytes exist: read back from the page cache
-    // while it is made durable.
-    ;[digests] = await Promise.all([fileDigests(out, start, size), out.sync()])
+    // The file's own digests, now that its first bytes exist: read back from the page cache,
+    // each on its own thread, while it is made durable.
+    const [sha256Of, sha512Of] = [hashOnThread(tmp, size), hashOnThread(tmp, size, { algorithm: 'sha512' })]
+    const [fileSha256, fileSha512] = await Promise.all([sha256Of.digest, sha512Of.digest, out.sync()])
+    digests = { sha256: fileSha256, sha512: fileSha512 }
     await out.close()
     fh = undefined
     await rootfs.close()
@@ -252,21 +253,7 @@ function withManifest(head: Buffer, manifestBytes: Buffer): Buffer {
   return out
 }
 
-/** SHA-256 and SHA-512 of the file: `start` (its first bytes, in hand), then the rest read back. */
-async function fileDigests(fh: fs.FileHandle, start: Buffer, size: number): Promise<{ sha256: string; sha512: string }> {
-  const sha256 = createHash('sha256').update(start)
-  const sha512 = createHash('sha512').update(start)
-  const buf = Buffer.allocUnsafe(1 << 20)
-  for (let pos = start.length; pos < size; ) {
-    const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - pos), pos)
-    if (bytesRead === 0) throw new Error(`the bundle ended after ${pos} of ${size} bytes while being hashed`)
-    const chunk = buf.subarray(0, bytesRead)
-    sha256.update(chunk)
-    sha512.update(chunk)
-    pos += bytesRead
-  }
-  return { sha256: sha256.digest('hex'), sha512: sha512.digest('hex') }
-}
+
 
 type Sink = ReturnType<tarStream.Pack['entry']>
 
