@@ -9,6 +9,7 @@ import { BaleError, fromSystemError, isBaleError } from '../../lib/errors.js'
 import { hashOnThread, type ThreadHash } from '../../lib/hash.js'
 import { type DataRange, dataRanges, inHole, readSparse } from '../../lib/sparse.js'
 import { type BundleManifest, MANIFEST_FILE, parseManifest, ROOTFS_FILE, serializeManifest } from './manifest.js'
+import { SKIPPABLE_HEADER, skippableFrame } from './zstd-frames.js'
 import { compressFrame } from './zstd-native.js'
 
 /**
@@ -53,10 +54,6 @@ export function defaultConcurrency(): number {
 
 /** ustar header and data blocks (tar-stream writes one 512-byte header for each of our two short ASCII names). */
 const TAR_BLOCK = 512
-
-/** A zstd skippable frame: magic (one of 16; the first), payload size, payload. Every zstd reader passes over it. */
-const SKIPPABLE_MAGIC = 0x184d2a50
-const SKIPPABLE_HEADER = 8
 
 /** ZSTD_COMPRESSBOUND (zstd.h): the most bytes one frame of `n` input bytes can take. */
 export function zstdCompressBound(n: number): number {
@@ -144,8 +141,6 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
   const headLength = tarPrefixBytes(manifestBytes.length)
   const reserved = zstdCompressBound(headLength) + SKIPPABLE_HEADER
   let size = reserved
-  let manifest: BundleManifest | undefined
-  let digests: { sha256: string; sha512: string } | undefined
   let fh: fs.FileHandle | undefined
   let rootfs: fs.FileHandle | undefined
   const pack = tarStream.pack()
@@ -205,26 +200,22 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
     if (given !== undefined && given !== sha256) {
       throw new BaleError('E_DIGEST', `${opts.rootfsPath}: sha256 ${sha256}, but the manifest says rootfs.sha256 ${given}`, { subject: opts.rootfsPath })
     }
-    manifest = { ...draft, rootfs: { ...draft.rootfs, sha256 } }
+    const manifest = { ...draft, rootfs: { ...draft.rootfs, sha256 } }
     const headFrame = await compressFrame(withManifest(head, serializeManifest(manifest)), opts.level)
-    const room = reserved - headFrame.length - SKIPPABLE_HEADER
-    if (room < 0) throw new Error(`the head frame (${headFrame.length} bytes) exceeds its bound (${reserved - SKIPPABLE_HEADER})`)
-    const skippable = Buffer.alloc(SKIPPABLE_HEADER + room)
-    skippable.writeUInt32LE(SKIPPABLE_MAGIC, 0)
-    skippable.writeUInt32LE(room, 4)
-    const start = Buffer.concat([headFrame, skippable])
+    if (headFrame.length > reserved - SKIPPABLE_HEADER) throw new Error(`the head frame (${headFrame.length} bytes) exceeds its bound (${reserved - SKIPPABLE_HEADER})`)
+    const start = Buffer.concat([headFrame, skippableFrame(reserved - headFrame.length)])
     await out.write(start, 0, start.length, 0)
     // The file's own digests, now that its first bytes exist: read back from the page cache,
     // each on its own thread, while it is made durable.
     const [sha256Of, sha512Of] = [hashOnThread(tmp, size), hashOnThread(tmp, size, { algorithm: 'sha512' })]
     const [fileSha256, fileSha512] = await Promise.all([sha256Of.digest, sha512Of.digest, out.sync()])
-    digests = { sha256: fileSha256, sha512: fileSha512 }
     await out.close()
     fh = undefined
     await rootfs.close()
     rootfs = undefined
     await commitTemp(tmp, opts.out)
     unregister()
+    return { path: opts.out, sha256: fileSha256, size, integrity: ssri.fromHex(fileSha512, 'sha512').toString(), manifest }
   } catch (e) {
     pack.destroy()
     await hashing?.stop()
@@ -234,14 +225,6 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
     unregister()
     if (isBaleError(e)) throw e
     throw fromSystemError(e, opts.out) ?? new BaleError('E_TOOL', `${opts.out}: writing the bundle failed: ${e instanceof Error ? e.message : String(e)}`, { subject: opts.out, cause: e })
-  }
-  if (manifest === undefined || digests === undefined) throw new Error('unreachable: the bundle was written')
-  return {
-    path: opts.out,
-    sha256: digests.sha256,
-    size,
-    integrity: ssri.fromHex(digests.sha512, 'sha512').toString(),
-    manifest,
   }
 }
 

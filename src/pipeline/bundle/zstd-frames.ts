@@ -18,6 +18,8 @@ import { BaleError } from '../../lib/errors.js'
 const ZSTD_MAGIC = 0xfd2fb528
 const SKIPPABLE_MASK = 0xfffffff0
 const SKIPPABLE_MAGIC = 0x184d2a50
+/** A skippable frame's magic and payload size. */
+export const SKIPPABLE_HEADER = 8
 /** RFC 8878 §3.1.1.2: a block's content is at most 128 KiB; anything larger is corrupt. */
 const MAX_BLOCK_SIZE = 128 * 1024
 
@@ -121,6 +123,15 @@ export interface SplitOptions {
   name: string
   /** See MAX_NATIVE_FRAME_CONTENT; lower in tests. */
   maxNativeContent?: number
+}
+
+/** A skippable frame of `bytes` in all (at least its header), its payload zeros: every zstd decoder passes over it. */
+export function skippableFrame(bytes: number): Buffer {
+  if (bytes < SKIPPABLE_HEADER) throw new Error(`a skippable frame takes at least ${SKIPPABLE_HEADER} bytes, not ${bytes}`)
+  const frame = Buffer.alloc(bytes)
+  frame.writeUInt32LE(SKIPPABLE_MAGIC, 0)
+  frame.writeUInt32LE(bytes - SKIPPABLE_HEADER, 4)
+  return frame
 }
 
 /** Split a zstd stream into frames (buffered) or frame parts (streamed); skippable frames vanish. */
