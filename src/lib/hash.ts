@@ -1,26 +1,21 @@
 import { createHash } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import { Worker } from 'node:worker_threads'
-import { type DataRange, readSparse } from './sparse.js'
+import type { DataRange } from './sparse.js'
 
 /** Reads of 4 MiB: at the default 64 KiB, per-chunk overhead dominated hashing a 1 GiB image. */
 const READ_SIZE = 4 * 1024 * 1024
 
-/**
- * SHA-256 (hex) of a file, streamed. With `ranges` (lib/sparse.ts), only those are read and the
- * holes between them are hashed as the zeros they read as.
- */
-export async function sha256File(p: string, ranges?: readonly DataRange[]): Promise<string> {
+/** SHA-256 (hex) of a file, streamed. (A large sparse one: hashOnThread, which skips its holes.) */
+export async function sha256File(p: string): Promise<string> {
   const hash = createHash('sha256')
   const fh = await fs.open(p, 'r')
   try {
-    const size = ranges === undefined ? Infinity : (await fh.stat()).size
     const buf = Buffer.allocUnsafe(READ_SIZE)
-    for (let pos = 0; pos < size; ) {
-      const n = await readSparse(fh, buf, 0, Math.min(READ_SIZE, size - pos), pos, ranges)
-      if (n === 0) break
-      hash.update(buf.subarray(0, n))
-      pos += n
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, READ_SIZE)
+      if (bytesRead === 0) break
+      hash.update(buf.subarray(0, bytesRead))
     }
   } finally {
     await fh.close()
@@ -31,7 +26,7 @@ export async function sha256File(p: string, ranges?: readonly DataRange[]): Prom
 /**
  * The worker of hashOnThread: plain JavaScript evaluated from a string (the same code under
  * tsc, vitest and the esbuild bundle; see flatten/blob-writer.ts). Reads the data ranges with
- * synchronous 4 MiB reads and hashes the holes as zeros, exactly as sha256File does.
+ * synchronous 4 MiB reads and hashes the holes between them as the zeros they read as.
  */
 const HASH_WORKER = `
 const { parentPort, workerData } = require('node:worker_threads')
@@ -69,8 +64,8 @@ export interface ThreadHash {
 }
 
 /**
- * sha256File (or another of node:crypto's algorithms) on a worker thread, over the first `size`
- * bytes of a large file, for when the main thread is busy meanwhile: the bundle writer
+ * The SHA-256 (or SHA-512) of the first `size` bytes of a large file on a worker thread; with
+ * `ranges` (lib/sparse.ts), only those are read and the holes are hashed as zeros. For when the main thread is busy meanwhile: the bundle writer
  * compresses an image while this hashes it (the hash is sequential, ~0.7 s of CPU for a 1 GiB
  * image, and would otherwise pace the compression behind it), and takes the bundle's sha256
  * and sha512 side by side. A file shorter than `size` is an error naming it. Hex digest.

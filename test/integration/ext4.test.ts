@@ -8,7 +8,7 @@ import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { cat, debugfs, e2fsckClean, stat, xattr } from '../helpers/debugfs.js'
 import { BaleError } from '../../src/lib/errors.js'
-import { sha256File } from '../../src/lib/hash.js'
+import { hashOnThread } from '../../src/lib/hash.js'
 import { dataRanges } from '../../src/lib/sparse.js'
 import { buildExt4, minimumExt4Size, mkfsReadsTar, planExt4, type Ext4Options, type Ext4Plan } from '../../src/pipeline/ext4/index.js'
 import { noFsyncPreload } from '../../src/pipeline/ext4/tools.js'
@@ -532,7 +532,7 @@ describe('data ranges of sparse files (real filefrag, FIEMAP)', () => {
     expect(covers(0)).toBe(false)
     expect(covers(32 * 1024 * 1024)).toBe(false)
     expect(r.reduce((n, x) => n + x.end - x.start, 0)).toBeLessThan(1024 * 1024)
-    expect(await sha256File(file, r)).toBe(sha256(file))
+    expect(await hashOnThread(file, size, { ranges: r }).digest).toBe(sha256(file))
   })
 
   it('an image mke2fs just made without fsync (libeatmydata) maps the same before and after a sync', async () => {
@@ -549,7 +549,7 @@ describe('data ranges of sparse files (real filefrag, FIEMAP)', () => {
     execFileSync('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard,assume_storage_prezeroed=1', '-d', tree, file, '256M'], { env: { ...process.env, LD_PRELOAD: lib } })
     const before = await dataRanges(file, size)
     expect(before).toBeDefined()
-    expect(await sha256File(file, before)).toBe(sha256(file))
+    expect(await hashOnThread(file, size, { ranges: before }).digest).toBe(sha256(file))
     const fh = await fs.open(file, 'r')
     await fh.sync()
     await fh.close()
@@ -562,7 +562,7 @@ describe('data ranges of sparse files (real filefrag, FIEMAP)', () => {
       const file = path.join(shm, 'f')
       await fs.writeFile(file, 'data')
       expect(await dataRanges(file, 4)).toBeUndefined()
-      expect(await sha256File(file, undefined)).toBe(sha256(file))
+      expect(await hashOnThread(file, 4).digest).toBe(sha256(file))
     } finally {
       await fs.rm(shm, { recursive: true, force: true })
     }
