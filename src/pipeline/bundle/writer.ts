@@ -7,6 +7,7 @@ import { commitTemp, removeQuietly, tempPathFor } from '../../lib/atomic.js'
 import { registerCleanup } from '../../lib/cleanup.js'
 import { BaleError, fromSystemError, isBaleError } from '../../lib/errors.js'
 import { hashOnThread, type ThreadHash } from '../../lib/hash.js'
+import { drained, type TarEntrySink } from '../../lib/tar-entry.js'
 import { type DataRange, dataRanges, inHole, readSparse } from '../../lib/sparse.js'
 import { type BundleManifest, MANIFEST_FILE, parseManifest, ROOTFS_FILE, serializeManifest } from './manifest.js'
 import { SKIPPABLE_HEADER, skippableFrame } from './zstd-frames.js'
@@ -238,8 +239,6 @@ function withManifest(head: Buffer, manifestBytes: Buffer): Buffer {
 
 
 
-type Sink = ReturnType<tarStream.Pack['entry']>
-
 /** Bytes of the tar stream before the rootfs's first byte: two headers and the padded manifest. */
 function tarPrefixBytes(manifestLength: number): number {
   return TAR_BLOCK + Math.ceil(manifestLength / TAR_BLOCK) * TAR_BLOCK + TAR_BLOCK
@@ -275,7 +274,7 @@ async function feedTar(pack: tarStream.Pack, manifestBytes: Buffer, rootfs: Asyn
   await new Promise<void>((resolve, reject) => {
     pack.entry(header(MANIFEST_FILE, manifestBytes.length), manifestBytes, (err) => (err ? reject(err) : resolve()))
   })
-  let sink!: Sink
+  let sink!: TarEntrySink
   const entryDone = new Promise<void>((resolve, reject) => {
     sink = pack.entry(header(ROOTFS_FILE, rootfsSize), (err) => (err ? reject(err) : resolve()))
   })
@@ -290,25 +289,13 @@ async function feedTar(pack: tarStream.Pack, manifestBytes: Buffer, rootfs: Asyn
   for await (const chunk of rootfs) {
     read += chunk.length
     if (read > rootfsSize) throw changed()
-    if (!sink.write(chunk)) await drainOrClose(sink)
+    // Closed instead of drained: the pack was torn down, and the next write ends the loop.
+    if (!sink.write(chunk)) await drained(sink)
   }
   if (read !== rootfsSize) throw changed()
   sink.end(undefined)
   await entryDone
   pack.finalize()
-}
-
-/** Wait for 'drain', or for 'close' if the pack was destroyed meanwhile (then the write loop ends). */
-function drainOrClose(sink: Sink): Promise<void> {
-  return new Promise<void>((resolve) => {
-    const done = (): void => {
-      sink.removeListener('drain', done)
-      sink.removeListener('close', done)
-      resolve()
-    }
-    sink.on('drain', done)
-    sink.on('close', done)
-  })
 }
 
 /**

@@ -20,12 +20,15 @@
 import { closeSync, constants, openSync } from 'node:fs'
 import { Readable } from 'node:stream'
 import * as tarStream from 'tar-stream'
+import { drained, type TarEntrySink } from '../../lib/tar-entry.js'
 import { contentChunks, contentOf, type FlatTree, type Inode } from '../tree.js'
 import { madeByMkfs } from './debugfs.js'
 import { checkBlob } from './stage.js'
 
 /** Bytes per read of a file's content. */
 const READ_BYTES = 256 << 10
+/** Owner and time in every header: placeholders, the image's are patched into its inodes (image.ts). */
+const PLACEHOLDERS = { uid: 0, gid: 0, mtime: new Date(0) }
 
 /** Paths as mke2fs walks a directory tree: depth first, each directory's names in byte order. */
 export function mkfsWalkOrder(tree: FlatTree): string[] {
@@ -78,7 +81,7 @@ type Header = Pick<tarStream.Header, 'name' | 'type' | 'mode'> & Partial<tarStre
 function entry(pack: tarStream.Pack, h: Header, body?: Buffer): Promise<void> {
   return new Promise((resolve, reject) => {
     const done = (err?: Error | null): void => (err ? reject(err) : resolve())
-    const header = { uid: 0, gid: 0, mtime: new Date(0), ...h }
+    const header = { ...PLACEHOLDERS, ...h }
     if (body === undefined) pack.entry(header, done)
     else pack.entry(header, body, done)
   })
@@ -86,7 +89,7 @@ function entry(pack: tarStream.Pack, h: Header, body?: Buffer): Promise<void> {
 
 async function fileEntry(pack: tarStream.Pack, tree: FlatTree, inode: Inode, p: string, fds: Map<string, number>): Promise<void> {
   const where = `/${p}`
-  const header = { name: p, type: 'file' as const, size: inode.size, mode: 0o644, uid: 0, gid: 0, mtime: new Date(0) }
+  const header = { ...PLACEHOLDERS, name: p, type: 'file' as const, size: inode.size, mode: 0o644 }
   // Flatten writes no blob for an empty file (stage.ts makes one); there is nothing to read.
   if (inode.size === 0) return entry(pack, header, Buffer.alloc(0))
   const { path, offset } = contentOf(tree, inode)
@@ -116,23 +119,9 @@ async function fileEntry(pack: tarStream.Pack, tree: FlatTree, inode: Inode, p: 
   }
 }
 
-type Sink = ReturnType<tarStream.Pack['entry']>
-
 /** Write every chunk into the entry, waiting while it is full; stops if the tar stream is torn down. */
-async function feed(sink: Sink, chunks: Iterable<Buffer>): Promise<void> {
+async function feed(sink: TarEntrySink, chunks: Iterable<Buffer>): Promise<void> {
   for (const chunk of chunks) {
-    if (sink.write(chunk)) continue
-    await new Promise<void>((resolve, reject) => {
-      const settle = (e?: Error): void => {
-        sink.off('drain', onDrain)
-        sink.off('close', onClose)
-        if (e) reject(e)
-        else resolve()
-      }
-      const onDrain = (): void => settle()
-      const onClose = (): void => settle(new Error('the tar stream for mke2fs was closed'))
-      sink.on('drain', onDrain)
-      sink.on('close', onClose)
-    })
+    if (!sink.write(chunk) && !(await drained(sink))) throw new Error('the tar stream for mke2fs was closed')
   }
 }
