@@ -11,6 +11,7 @@ import { BaleError } from '../../src/lib/errors.js'
 import { hashOnThread } from '../../src/lib/hash.js'
 import { dataRanges } from '../../src/lib/sparse.js'
 import { buildExt4, minimumExt4Size, mkfsReadsTar, planExt4, type Ext4Options, type Ext4Plan } from '../../src/pipeline/ext4/index.js'
+import { TAR_BATCH_BYTES } from '../../src/pipeline/ext4/tar-input.js'
 import { noFsyncPreload } from '../../src/pipeline/ext4/tools.js'
 import { type Inode, readContent } from '../../src/pipeline/tree.js'
 import { keptBlocks, metadataBlocks } from '../../src/pipeline/ext4/geometry.js'
@@ -302,6 +303,28 @@ describe('tar input (mke2fs >= 1.47.1)', () => {
     await buildExt4(packed.tree, viaPackedDir, { ...OPTS, input: 'dir' })
     expect(sha256(viaPackedDir)).toBe(sha256(viaDir))
     expect(withoutWriteCounters(viaTar).equals(withoutWriteCounters(viaDir))).toBe(true)
+  })
+
+  it('a tree whose tar spans batches, headers on their edges, gives the staged directory image', async () => {
+    // 'a' fills the first batch to its end, so a file's first name starts the second; 'd' leaves
+    // one block at the end of the second, less than the PAX header a non-ASCII name needs.
+    const make = async (staging: string): Promise<TreeBuilder> => {
+      const b = await TreeBuilder.create(staging)
+      await b.file('a', Buffer.alloc(TAR_BATCH_BYTES - 512, 'a'))
+      b.link('c', await b.file('b', 'bee\n'))
+      await b.file('d', Buffer.alloc(TAR_BATCH_BYTES - 5 * 512, 'd'))
+      b.link('f', await b.file(`e-${UNICODE}`, 'e\n'))
+      b.symlink('g', 'a')
+      return b
+    }
+    const viaDir = path.join(work, 'batches-dir.ext4')
+    await buildExt4((await make(path.join(work, 'batches-dir'))).tree, viaDir, { ...OPTS, input: 'dir' })
+    const packed = await make(path.join(work, 'batches-packed'))
+    await packed.pack()
+    const viaTar = path.join(work, 'batches-tar.ext4')
+    await buildExt4(packed.tree, viaTar, { ...OPTS, input: 'tar' })
+    expect(withoutWriteCounters(viaTar).equals(withoutWriteCounters(viaDir))).toBe(true)
+    expect(stat(viaTar, '/c').links).toBe(2)
   })
 
   it('a content blob whose size disagrees with the tree is rejected by name, and no image is left', async () => {
