@@ -102,6 +102,16 @@ describe('treeTar', () => {
     expect(bytes.n).toBe(TAR_BATCH_BYTES + 3 * 512 + (TAR_BATCH_BYTES - 4 * 512) + 4 * 512 + 3 * 512 + 512 + 2 * 512)
   })
 
+  it('the end-of-archive blocks that do not fit a batch start the next one, and nothing is left between', async () => {
+    const b = await TreeBuilder.create(path.join(work, 'end'))
+    const content = randomBytes(TAR_BATCH_BYTES - 2 * 512 - 100)
+    const inode = await b.file('a', content)
+    const bytes = { n: 0 }
+    expect(await members(b.tree, bytes)).toEqual(await expected(b.tree, new Map([[inode, content]])))
+    // a's header and padded content leave one block of the first batch; the two end blocks follow.
+    expect(bytes.n).toBe(TAR_BATCH_BYTES - 512 + 2 * 512)
+  })
+
   it('many files of all sizes, hard links, long and non-ASCII names, from a spool: every member as the tree has it', async () => {
     const b = await TreeBuilder.create(path.join(work, 'many'))
     const blobs = new Map<Inode, Buffer>()
