@@ -39,9 +39,10 @@ import { checkBlob } from './stage.js'
  * bale, does not export its header encoder, only the streaming pack.
  */
 export const TAR_BATCH_BYTES = 1 << 20
-const BATCH_BYTES = TAR_BATCH_BYTES
 /** A tar block: headers are one, contents are padded to whole ones. */
 const BLOCK = 512
+/** The end of an archive: two zero blocks, written as the last entry's head. */
+const END_OF_ARCHIVE = Buffer.alloc(2 * BLOCK)
 /** Owner and time in every header: placeholders, the image's are patched into its inodes (image.ts). */
 const PLACEHOLDERS = { uid: 0, gid: 0, mtime: new Date(0) }
 
@@ -74,7 +75,7 @@ interface Copying {
   own: boolean
 }
 
-/** An entry's header blocks, and the regular file whose content follows them (if any). */
+/** An entry's header blocks (or the end of the archive), and the regular file whose content follows them (if any). */
 interface Pending {
   head: Buffer
   p: string
@@ -88,16 +89,15 @@ class TreeTar extends Readable {
   /** Open spools by path. */
   private readonly spools = new Map<string, number>()
   private copying: Copying | undefined
-  /** A header made but not yet in a batch (it did not fit). */
+  /** A head made but not yet in a batch (it did not fit). */
   private pending: Pending | undefined
-  private batch = Buffer.allocUnsafeSlow(BATCH_BYTES)
+  private batch = Buffer.allocUnsafeSlow(TAR_BATCH_BYTES)
   private used = 0
-  /** The end-of-archive blocks are written (then only the last batch is left to push). */
-  private finished = false
-  private readonly header = Buffer.alloc(BLOCK)
+  /** The end of the archive was handed out as the last head. */
+  private ended = false
 
   constructor(private readonly tree: FlatTree) {
-    super({ highWaterMark: BATCH_BYTES })
+    super({ highWaterMark: TAR_BATCH_BYTES })
     this.paths = mkfsWalkOrder(tree)
   }
 
@@ -112,7 +112,7 @@ class TreeTar extends Readable {
         }
         // Full, or with less room left than the next header needs (that is, the tail unused).
         const full = this.batch.subarray(0, this.used)
-        this.batch = Buffer.allocUnsafeSlow(BATCH_BYTES)
+        this.batch = Buffer.allocUnsafeSlow(TAR_BATCH_BYTES)
         this.used = 0
         if (!this.push(full)) return
       }
@@ -144,38 +144,31 @@ class TreeTar extends Readable {
         if (this.copying.own) closeSync(this.copying.fd)
         this.copying = undefined
       }
-      if (this.finished) return false
-      if (this.pending === undefined && this.next === this.paths.length) {
-        // End of archive: two zero blocks.
-        if (BATCH_BYTES - this.used < 2 * BLOCK) return true
-        this.batch.fill(0, this.used, this.used + 2 * BLOCK)
-        this.used += 2 * BLOCK
-        this.finished = true
-        continue
-      }
       this.pending ??= this.nextEntry()
-      if (this.pending !== undefined) {
-        const { head, p, inode } = this.pending
-        if (BATCH_BYTES - this.used < head.length) return true
-        head.copy(this.batch, this.used)
-        this.used += head.length
-        this.pending = undefined
-        if (inode !== undefined) this.copying = this.open(p, inode)
-      }
+      if (this.pending === undefined) return false
+      const { head, p, inode } = this.pending
+      if (TAR_BATCH_BYTES - this.used < head.length) return true
+      head.copy(this.batch, this.used)
+      this.used += head.length
+      this.pending = undefined
+      if (inode !== undefined) this.copying = this.open(p, inode)
     }
   }
 
-  /** The next path's header (inode: a regular file whose content follows), skipping what mkfs does not make. */
+  /**
+   * The next path's head (inode: a regular file whose content follows), skipping what mkfs does
+   * not make; after the last path, the end of the archive; then nothing.
+   */
   private nextEntry(): Pending | undefined {
-    for (; this.next < this.paths.length; ) {
+    while (this.next < this.paths.length) {
       const p = this.paths[this.next++] as string
       const inode = this.tree.entries.get(p) as Inode
       const entry = p === '' ? undefined : this.entryOf(p, inode)
-      if (entry === undefined) continue
-      // A copy: the scratch header block is reused by the next entry.
-      return { head: Buffer.from(this.encode(entry)), p, inode: entry.type === 'File' ? inode : undefined }
+      if (entry !== undefined) return { head: encode(entry), p, inode: entry.type === 'File' ? inode : undefined }
     }
-    return undefined
+    if (this.ended) return undefined
+    this.ended = true
+    return { head: END_OF_ARCHIVE, p: '', inode: undefined }
   }
 
   /** The header of the entry at `p`, or undefined for what mkfs does not make (see madeByMkfs). */
@@ -187,15 +180,6 @@ class TreeTar extends Readable {
     if (inode.kind === 'symlink') return { ...PLACEHOLDERS, path: p, type: 'SymbolicLink', linkpath: inode.linkTarget ?? '', mode: 0o777, size: 0 }
     if (first !== undefined) return { ...PLACEHOLDERS, path: p, type: 'Link', linkpath: first, mode: 0o644, size: 0 }
     return { ...PLACEHOLDERS, path: p, type: 'File', mode: 0o644, size: inode.size }
-  }
-
-  /** The entry's header block, after a PAX header where the name or link target does not fit ustar (or is not ASCII). */
-  private encode(entry: HeaderData): Buffer {
-    // Header.encode writes only the fields it is given: the block must start as zeros each time.
-    this.header.fill(0)
-    const needPax = new Header(entry).encode(this.header, 0)
-    if (!needPax) return this.header
-    return Buffer.concat([new Pax({ path: entry.path, linkpath: entry.linkpath }).encode(), this.header])
   }
 
   private open(p: string, inode: Inode): Copying | undefined {
@@ -218,7 +202,7 @@ class TreeTar extends Readable {
   /** Copy what fits of a file's content and padding; true when all of it is in. */
   private copy(c: Copying): boolean {
     while (c.left > 0) {
-      const room = BATCH_BYTES - this.used
+      const room = TAR_BATCH_BYTES - this.used
       if (room === 0) return false
       const n = readSync(c.fd, this.batch, this.used, Math.min(room, c.left), c.at)
       if (n === 0) throw new BaleError('E_INPUT', `${c.where}: its content ends after ${c.size - c.left} of ${c.size} bytes`, { subject: c.where })
@@ -226,10 +210,18 @@ class TreeTar extends Readable {
       c.at += n
       c.left -= n
     }
-    const z = Math.min(c.pad, BATCH_BYTES - this.used)
+    const z = Math.min(c.pad, TAR_BATCH_BYTES - this.used)
     this.batch.fill(0, this.used, this.used + z)
     this.used += z
     c.pad -= z
     return c.pad === 0
   }
+}
+
+/** The entry's header block, after a PAX header where the name or link target does not fit ustar (or is not ASCII). */
+function encode(entry: HeaderData): Buffer {
+  // Zeroed: Header.encode writes only the fields it is given.
+  const block = Buffer.alloc(BLOCK)
+  if (!new Header(entry).encode(block, 0)) return block
+  return Buffer.concat([new Pax({ path: entry.path, linkpath: entry.linkpath }).encode(), block])
 }
