@@ -65,10 +65,11 @@ export interface ThreadHash {
 
 /**
  * The SHA-256 (or SHA-512) of the first `size` bytes of a large file on a worker thread; with
- * `ranges` (lib/sparse.ts), only those are read and the holes are hashed as zeros. For when the main thread is busy meanwhile: the bundle writer
- * compresses an image while this hashes it (the hash is sequential, ~0.7 s of CPU for a 1 GiB
- * image, and would otherwise pace the compression behind it), and takes the bundle's sha256
- * and sha512 side by side. A file shorter than `size` is an error naming it. Hex digest.
+ * `ranges` (lib/sparse.ts), only those are read and the holes are hashed as zeros. For when the
+ * main thread is busy meanwhile: the bundle writer compresses an image while this hashes it
+ * (the hash is sequential, ~0.7 s of CPU for a 1 GiB image, and would otherwise pace the
+ * compression behind it), and takes the bundle's sha256 and sha512 side by side. A file
+ * shorter than `size` is an error naming it. Hex digest.
  */
 export function hashOnThread(p: string, size: number, opts: { algorithm?: 'sha256' | 'sha512'; ranges?: readonly DataRange[] } = {}): ThreadHash {
   const workerData = { file: p, size, ranges: opts.ranges, chunk: READ_SIZE, algorithm: opts.algorithm ?? 'sha256' }

@@ -237,8 +237,6 @@ function withManifest(head: Buffer, manifestBytes: Buffer): Buffer {
   return out
 }
 
-
-
 /** Bytes of the tar stream before the rootfs's first byte: two headers and the padded manifest. */
 function tarPrefixBytes(manifestLength: number): number {
   return TAR_BLOCK + Math.ceil(manifestLength / TAR_BLOCK) * TAR_BLOCK + TAR_BLOCK

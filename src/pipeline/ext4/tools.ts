@@ -49,11 +49,11 @@ function toolEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
  * Debian image on the build machine, some minutes as long as all of mke2fs's other work, paid
  * by whichever closes it first. The image is an intermediate: it is checked, hashed,
  * compressed into the bundle (which is fsynced before its rename) and deleted, and after a
- * crash its staging directory is garbage anyway. libeatmydata
- * (Debian's libeatmydata1, made for exactly this: apt, sbuild and mmdebstrap builds use it)
- * makes fsync a no-op when preloaded. Looked for once per process, in the library directories
- * (a bare name that ld.so cannot find would print a complaint into the tool's log); without it
- * the tools run as they are. The bytes written are the same either way.
+ * crash its staging directory is garbage anyway. libeatmydata (Debian's libeatmydata1, made
+ * for exactly this: apt, sbuild and mmdebstrap builds use it) makes fsync a no-op when
+ * preloaded. Looked for once per process, in the library directories (a bare name that ld.so
+ * cannot find would print a complaint into the tool's log); without it the tools run as they
+ * are. The bytes written are the same either way.
  */
 export function noFsyncPreload(libDirs?: readonly string[]): string | undefined {
   if (libDirs === undefined && preload !== null) return preload
