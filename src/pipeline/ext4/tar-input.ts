@@ -183,10 +183,10 @@ class TreeTar extends Readable {
   }
 
   private open(p: string, inode: Inode): Copying | undefined {
-    const where = `/${p}`
-    const pad = (BLOCK - (inode.size % BLOCK)) % BLOCK
     // Flatten writes no blob for an empty file (stage.ts makes one); there is nothing to read.
     if (inode.size === 0) return undefined
+    const where = `/${p}`
+    const pad = (BLOCK - (inode.size % BLOCK)) % BLOCK
     const { path, offset } = contentOf(this.tree, inode)
     const own = inode.content === undefined
     let fd = own ? undefined : this.spools.get(path)
